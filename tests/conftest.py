@@ -1,0 +1,45 @@
+"""Shared test fixtures: the real-data fixtures folder and one local Ray runtime per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fixtures_root() -> Path | None:
+    """``$DENSEPIPE_FIXTURES``, else ``../shared/data`` beside the repo, else None."""
+    env = os.environ.get("DENSEPIPE_FIXTURES")
+    root = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    return root if root.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-data fixtures folder; skips the test with a clear reason when it is absent."""
+    root = fixtures_root()
+    if root is None:
+        pytest.skip(
+            "real-data fixtures not found: set DENSEPIPE_FIXTURES or place shared/data "
+            "beside the repository"
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray runtime shared by every test that needs Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            object_store_memory=200 * 1024 * 1024,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
