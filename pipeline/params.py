@@ -1,0 +1,102 @@
+"""Read params.yaml: the single source of every knob a stage uses.
+
+A value may depend on the profile, written ``{tiny: x, paper: y}``; ``profile: tiny`` (the
+embedded default: built-in data, width-scaled nets, minutes on a laptop) or ``profile: paper``
+(real datasets, the papers' settings) picks one. Stages declare ``profile`` plus their own
+sections as DVC params, so editing one value reruns only the stages that read it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ParamsError
+
+PROFILES = ("tiny", "paper")
+
+
+def repo_root() -> Path:
+    """The DVC project root (``DVC_ROOT`` inside a stage, else the folder holding params.yaml)."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return here
+
+
+def resolve(value: Any, profile: str) -> Any:
+    """Pick the profile's entry from ``{tiny: .., paper: ..}`` dicts, recursively."""
+    if isinstance(value, dict):
+        if value and set(value) <= set(PROFILES):
+            if profile not in value:
+                raise ParamsError(f"value {value} has no entry for profile {profile!r}")
+            return resolve(value[profile], profile)
+        return {k: resolve(v, profile) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, profile) for v in value]
+    return value
+
+
+class Params:
+    """Resolved params with key-path access that names the missing key in its error."""
+
+    def __init__(self, data: dict, source: str = "params.yaml"):
+        self.source = source
+        profile = data.get("profile", "tiny")
+        if profile not in PROFILES:
+            raise ParamsError(f"{source}: profile must be one of {PROFILES}, got {profile!r}")
+        self.profile = profile
+        self.data = resolve(data, profile)
+
+    def get(self, key: str, default: Any = ...) -> Any:
+        """``get("train.fcn32s.lr")``; without a default a missing key is a ParamsError."""
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is ...:
+                    raise ParamsError(f"{self.source}: missing key {key!r}")
+                return default
+            node = node[part]
+        return node
+
+    def section(self, key: str) -> dict:
+        value = self.get(key)
+        if not isinstance(value, dict):
+            raise ParamsError(f"{self.source}: {key!r} must be a mapping, got {value!r}")
+        return value
+
+
+def load_params(path: str | os.PathLike | None = None) -> Params:
+    """Load and resolve params.yaml (default: the one at the repo root)."""
+    path = Path(path) if path else repo_root() / "params.yaml"
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    return Params(data, str(path))
+
+
+def choice(key: str, value: Any, allowed: tuple) -> Any:
+    """Validate an enumerated params value."""
+    if value not in allowed:
+        raise ParamsError(f"params key {key!r} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def positive(key: str, value: Any, kind=float, allow_zero: bool = False) -> Any:
+    """Validate a positive number."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ParamsError(f"params key {key!r} must be a number, got {value!r}") from None
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ParamsError(f"params key {key!r} must be > 0, got {value!r}")
+    return number
