@@ -47,7 +47,11 @@ def edge_orientation(edge_map: np.ndarray) -> np.ndarray:
     ox, oy = _gradient2(conv_tri(edge_map, 4))
     oxx, _ = _gradient2(ox)
     oxy, oyy = _gradient2(oy)
-    return np.mod(np.arctan(oyy * np.sign(-oxy) / (oxx + 1e-5)), np.pi)
+    # The toolbox uses sign(-oxy), which is 0 where oxy == 0 exactly and then calls a perfectly
+    # horizontal edge "vertical" (nothing is suppressed). We count 0 as +1 there; real maps
+    # almost never hit oxy == 0 exactly, so results elsewhere are unchanged.
+    sign = np.where(oxy > 0, -1.0, 1.0)
+    return np.mod(np.arctan(oyy * sign / (oxx + 1e-5)), np.pi)
 
 
 def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
