@@ -522,12 +522,12 @@ def test_interrupted_transfer_is_resumed_with_a_range_request(
 
 @pytest.mark.parametrize("name", ARCHIVED)
 def test_member_escaping_the_root_is_refused_before_extraction(
-    name: str, server: LoopbackServer, www: Path, root: Path, tmp_path: Path
+    name: str, server: LoopbackServer, www: Path, root: Path, tmp_path: Path, no_extraction: None
 ) -> None:
     built = BUILDERS[name](evil=True)
     publish(www, name, built)
     src = loopback_source(name, server, built)
-    with pytest.raises(DataError, match=r"escape\.txt"):
+    with pytest.raises(DataError, match=r"member '\.\./escape\.txt'"):
         fetch(name, root, manifest={name: src}, **FAST)
     assert not (root / name).exists()
     assert not list(tmp_path.rglob("escape.txt"))
@@ -620,6 +620,22 @@ def test_pin_applies_to_from_dir_too(root: Path, tmp_path: Path) -> None:
     (offline / "BSR_bsds500.tgz").write_bytes(build_bsds500(seed=3).files["BSR_bsds500.tgz"])
     with pytest.raises(DataError, match="pinned"):
         fetch("bsds500", root, from_dir=offline, manifest={"bsds500": src}, force=True, **FAST)
+
+
+def test_existing_foreign_folder_is_never_replaced_silently(
+    server: LoopbackServer, www: Path, root: Path
+) -> None:
+    built = build_sbd_train_noval()
+    publish(www, "sbd_train_noval", built)
+    src = {"sbd_train_noval": loopback_source("sbd_train_noval", server, built)}
+    mine = root / "sbd_train_noval" / "my_notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("hand-made")
+    with pytest.raises(DataError, match="not created by fetch"):
+        fetch("sbd_train_noval", root, manifest=src, **FAST)
+    assert mine.read_text() == "hand-made" and server.requests == []
+    fetch("sbd_train_noval", root, manifest=src, force=True, **FAST)
+    assert not mine.exists() and (root / "sbd_train_noval" / "train_noval.txt").is_file()
 
 
 def test_wrong_layout_is_refused_and_the_download_kept(
@@ -837,8 +853,9 @@ HOSTILE = {
     "nested-dotdot": ([_file("data/../../up.txt")], "data/../../up.txt"),
     "symlink-absolute": ([_link("data/pw", "/etc/passwd")], "data/pw"),
     "symlink-relative-out": ([_link("data/up", "../../x")], "data/up"),
-    "symlink-through-symlink": ([_link("b", "."), _link("a", "b/../x")], "'a'"),
-    "write-through-symlink": ([_link("d", "data"), _file("d/../../x")], "d/../../x"),
+    # textually inside, but b is the root itself so b/.. is its parent
+    "symlink-through-symlink": ([_link("b", "."), _link("a", "b/../x")], "a"),
+    "write-through-symlink": ([_link("d", "."), _file("d/../x")], "d/../x"),
     "hardlink-out": ([_link("data/h", "../x", hard=True)], "data/h"),
     "hardlink-absolute": ([_link("data/h", "/etc/passwd", hard=True)], "data/h"),
     "device": ([_special("data/dev", tarfile.CHRTYPE)], "data/dev"),
@@ -846,14 +863,29 @@ HOSTILE = {
 }
 
 
+@pytest.fixture
+def no_extraction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if anything gets extracted: hostile members must be refused *before*."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("extraction started before the members were checked")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", refuse)
+    monkeypatch.setattr(tarfile.TarFile, "extract", refuse)
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", refuse)
+    monkeypatch.setattr(zipfile.ZipFile, "extract", refuse)
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_safe_extract_refuses_hostile_tar_members(case: str, tmp_path: Path) -> None:
+def test_safe_extract_refuses_hostile_tar_members(
+    case: str, tmp_path: Path, no_extraction: None
+) -> None:
     members, named = HOSTILE[case]
     archive = _tar_with(tmp_path, members, gz=case.startswith("symlink"))
     dest = tmp_path / "sub" / "out"
     with pytest.raises(DataError) as exc:
         safe_extract(archive, dest)
-    assert named.strip("'") in str(exc.value) and str(archive) in str(exc.value)
+    assert f"member {named!r}" in str(exc.value) and str(archive) in str(exc.value)
     assert not dest.exists()
     assert not (tmp_path / "sub").exists() or list((tmp_path / "sub").iterdir()) == []
     assert not Path("/tmp/densepipe-abs.txt").exists()
@@ -861,10 +893,12 @@ def test_safe_extract_refuses_hostile_tar_members(case: str, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("name", ["../up.txt", "/abs.txt", "a/../../up.txt"])
-def test_safe_extract_refuses_hostile_zip_members(name: str, tmp_path: Path) -> None:
+def test_safe_extract_refuses_hostile_zip_members(
+    name: str, tmp_path: Path, no_extraction: None
+) -> None:
     archive = tmp_path / "evil.zip"
     archive.write_bytes(zip_bytes({"data/ok.txt": b"ok"}, evil=name))
-    with pytest.raises(DataError, match="refused"):
+    with pytest.raises(DataError, match=f"member {name!r}"):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "up.txt").exists()
 

@@ -247,7 +247,9 @@ def _resolve_manifest(
 # Download
 # --------------------------------------------------------------------------------------
 @dataclass
-class _Digests:
+class Digests:
+    """Size and hex digests of one file (a digest is None when it was not computed)."""
+
     size: int
     md5: str | None = None
     sha256: str | None = None
@@ -311,7 +313,7 @@ def _download(
     timeout: float,
     want_sha256: bool = False,
     sha256_note: str = "",
-) -> tuple[Path, _Digests]:
+) -> tuple[Path, Digests]:
     if not urls:
         raise DownloadError(f"{dest.name}: no URL to download it from")
     md5 = md5.lower() if md5 else None
@@ -406,7 +408,11 @@ def _fetch_once(
             raise _Permanent(f"HTTP {code} {resp.reason}")
         expected_total: int | None
         if code == 206:
-            start, total = _content_range(resp.headers.get("Content-Range", ""))
+            try:
+                start, total = _content_range(resp.headers.get("Content-Range", ""))
+            except _Transient:
+                part.unlink(missing_ok=True)  # cannot tell where these bytes belong
+                raise
             if start != offset:
                 part.unlink(missing_ok=True)
                 raise _Transient(f"server resumed at byte {start}, not {offset}; restarting")
@@ -477,7 +483,7 @@ def _algos(md5: str | None, sha256: str | None, want_sha256: bool) -> tuple[str,
     return tuple(algos)
 
 
-def hash_file(path: Path, algos: Iterable[str] = ("sha256",)) -> _Digests:
+def hash_file(path: Path, algos: Iterable[str] = ("sha256",)) -> Digests:
     """Size and the requested digests of ``path`` in one read."""
     hashers = {a: hashlib.new(a) for a in algos}
     n = 0
@@ -486,7 +492,7 @@ def hash_file(path: Path, algos: Iterable[str] = ("sha256",)) -> _Digests:
             n += len(chunk)
             for h in hashers.values():
                 h.update(chunk)
-    return _Digests(
+    return Digests(
         size=n,
         md5=hashers["md5"].hexdigest() if "md5" in hashers else None,
         sha256=hashers["sha256"].hexdigest() if "sha256" in hashers else None,
@@ -495,7 +501,7 @@ def hash_file(path: Path, algos: Iterable[str] = ("sha256",)) -> _Digests:
 
 def _mismatch(
     label: str,
-    got: _Digests,
+    got: Digests,
     md5: str | None,
     sha256: str | None,
     size: int | None,
@@ -568,8 +574,8 @@ class _Tar(_Archive):
                     )
                 links[norm] = m.linkname
         for m in self.members:
-            norm = posixpath.normpath(m.name)
-            parent = posixpath.dirname(norm)
+            # the raw name, not its normalised form: in "d/../x" the OS follows d if d is a link
+            parent = posixpath.dirname(m.name.rstrip("/"))
             _resolve_inside(self.path, m.name, parent, links)
             if m.issym():
                 _resolve_inside(self.path, m.name, posixpath.join(parent, m.linkname), links)
@@ -704,7 +710,7 @@ class _Pins:
         entry = self._read().get(key)
         return entry.get("sha256") if isinstance(entry, dict) else None
 
-    def record(self, key: str, digests: _Digests, origin: str) -> None:
+    def record(self, key: str, digests: Digests, origin: str) -> None:
         with _locked(self.path.with_name(PINS_NAME + ".lock")):
             data = self._read()
             data[key] = {
@@ -737,7 +743,7 @@ def _locked(lock_path: Path) -> Iterator[None]:
 class _Got:
     spec: FileSpec
     path: Path
-    digests: _Digests
+    digests: Digests
     downloaded: bool
     origin: str = ""
 
@@ -772,6 +778,13 @@ def fetch(
         if not force and _is_complete(target, src):
             log.info("%s already fetched in %s", src.name, target)
             return target
+        if not force and target.exists() and not (target / MARKER_NAME).exists():
+            # not ours (a manual extraction, perhaps with SegmentationClassAug added to it):
+            # never replace it silently
+            raise DataError(
+                f"{target} exists but was not created by fetch; move it away, or pass "
+                f"force=True to replace it with a fresh, verified copy"
+            )
         pins = _Pins(root)
         got = [
             _obtain(
