@@ -1,0 +1,712 @@
+"""DeepLab's fully connected CRF: refinement, compact score transport and parameter search.
+
+The model is Krähenbühl & Koltun's dense CRF as DeepLab v1 uses it (Eq. 2 of the paper):
+unary ``-log P(x_i)`` from the DCNN's softmax, a Potts pairwise term with an appearance
+(bilateral) kernel ``w1 exp(-|p_i-p_j|²/2σα² - |I_i-I_j|²/2σβ²)`` and a smoothness kernel
+``w2 exp(-|p_i-p_j|²/2σγ²)``, 10 mean-field iterations. Inference is pydensecrf, called the way
+DeepLab's release calls densecrf. Defaults are the LargeFOV release settings (the paper states
+only the search ranges): w1=4, σα=121, σβ=5, w2=3, σγ=3.
+
+Search (paper §5): w2=3, σγ=3 fixed; coarse grid w1 ∈ 5..10, σα ∈ 50:10:100, σβ ∈ 3:1:10 on
+(up to) 100 val images, then a finer grid around the best. Trials run as parallel Ray tasks over
+examples put in the object store once; every trial is logged from the driver as a child run of
+one MLflow parent (one writer, so a SQLite store never sees "database is locked").
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import DataError, ParamsError
+from pipeline.fsutil import write_text_atomic
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BACKENDS = ("pydensecrf", "torch")
+# Keys of the params.yaml ``crf`` section that configure the stage rather than the model.
+SECTION_KEYS = frozenset({"backend", "search", "num_images", "num_cpus"})
+
+# Paper §5 coarse grid (MATLAB ranges [5, 10], [50:10:100], [3:1:10]); w2 = σγ = 3 fixed.
+COARSE_GRID: dict[str, list[float]] = {
+    "w1": [5.0, 6.0, 7.0, 8.0, 9.0, 10.0],
+    "sigma_alpha": [float(v) for v in range(50, 101, 10)],
+    "sigma_beta": [float(v) for v in range(3, 11)],
+}
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    """Dense-CRF parameters (names follow DeepLab Eq. 2); defaults = LargeFOV release."""
+
+    w1: float = 4.0
+    sigma_alpha: float = 121.0
+    sigma_beta: float = 5.0
+    w2: float = 3.0
+    sigma_gamma: float = 3.0
+    iterations: int = 10
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, prefix: str = "crf") -> None:
+        """Weights >= 0, scales > 0, iterations >= 1; the error names ``<prefix>.<key>``."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            key = f"{prefix}.{f.name}"
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise ParamsError(f"{key} must be a number, got {value!r}")
+            if not math.isfinite(float(value)):
+                raise ParamsError(f"{key} must be finite, got {value!r}")
+        for name in ("w1", "w2"):
+            if getattr(self, name) < 0:
+                raise ParamsError(f"{prefix}.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("sigma_alpha", "sigma_beta", "sigma_gamma"):
+            if getattr(self, name) <= 0:
+                raise ParamsError(f"{prefix}.{name} must be > 0, got {getattr(self, name)!r}")
+        if int(self.iterations) != self.iterations or self.iterations < 1:
+            raise ParamsError(
+                f"{prefix}.iterations must be an integer >= 1, got {self.iterations!r}"
+            )
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any] | None, prefix: str = "crf") -> CRFParams:
+        """Build from the params.yaml ``crf`` section; missing keys take the release defaults.
+
+        Unknown keys are errors (a typo like ``sigma_alfa`` would otherwise be silently ignored),
+        except the stage-level keys in ``SECTION_KEYS``.
+        """
+        section = dict(section or {})
+        names = {f.name for f in fields(cls)}
+        for key in section:
+            if key not in names and key not in SECTION_KEYS:
+                raise ParamsError(
+                    f"{prefix}.{key} is not a CRF parameter (expected one of {sorted(names)})"
+                )
+        values = {k: section[k] for k in names if k in section}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ParamsError(f"{prefix}.{key} must be a number, got {value!r}")
+        try:
+            params = cls(**{k: v for k, v in values.items()})
+        except ParamsError as exc:
+            raise ParamsError(str(exc).replace("crf.", f"{prefix}.", 1)) from None
+        return replace(params, iterations=int(params.iterations))
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def backend_from_params(section: Mapping[str, Any] | None, prefix: str = "crf") -> str:
+    """The ``crf.backend`` value ('pydensecrf' unless set), validated."""
+    backend = (section or {}).get("backend", "pydensecrf")
+    if backend not in BACKENDS:
+        raise ParamsError(f"{prefix}.backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+
+
+def _check_inputs(image_rgb: np.ndarray, probs: np.ndarray) -> None:
+    if probs.ndim != 3:
+        raise ValueError(f"probs must be CxHxW, got shape {probs.shape}")
+    _, h, w = probs.shape
+    if image_rgb.shape != (h, w, 3) or image_rgb.dtype != np.uint8:
+        raise ValueError(
+            f"image must be uint8 {h}x{w}x3 to match probs {probs.shape}, "
+            f"got {image_rgb.dtype} {image_rgb.shape}"
+        )
+
+
+def refine(
+    image_rgb: np.ndarray,
+    probs: np.ndarray,
+    params: CRFParams | None = None,
+    backend: str = "pydensecrf",
+) -> np.ndarray:
+    """Mean-field inference of the dense CRF; returns HxW uint8 labels (argmax of Q).
+
+    ``probs`` are softmax probabilities (CxHxW, already upsampled to the image size); values are
+    clipped at 1e-5 before the log, as pydensecrf's ``unary_from_softmax`` does.
+    """
+    params = params or CRFParams()
+    _check_inputs(image_rgb, probs)
+    if backend == "torch":
+        from pipeline.crf_torch import refine_torch
+
+        return refine_torch(image_rgb, probs, params)
+    if backend != "pydensecrf":
+        raise ParamsError(f"crf.backend must be one of {BACKENDS}, got {backend!r}")
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    c, h, w = probs.shape
+    crf = dcrf.DenseCRF2D(w, h, c)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
+    crf.addPairwiseGaussian(sxy=float(params.sigma_gamma), compat=float(params.w2))
+    crf.addPairwiseBilateral(
+        sxy=float(params.sigma_alpha),
+        srgb=float(params.sigma_beta),
+        # pydensecrf needs a writable buffer; arrays from Ray's object store are read-only
+        rgbim=np.require(image_rgb, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"]),
+        compat=float(params.w1),
+    )
+    q = np.asarray(crf.inference(int(params.iterations)), dtype=np.float32).reshape(c, h, w)
+    return q.argmax(axis=0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compact score transport
+
+
+def encode_probs(probs: np.ndarray) -> bytes:
+    """Probabilities (CxHxW floats in [0, 1]) -> PNG of uint8 ``round(255 p)``, CxH rows.
+
+    Quantisation step 1/255 is far below what moves a CRF label; smooth DCNN scores compress
+    well under PNG's row filters: about 130-330 KB for a 500x375x21 map (vs 15.8 MB float32,
+    7.9 MB float16), and the refined labels agree on >= 99.99% of pixels (tests/test_crf.py).
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise ValueError(f"probs must be CxHxW, got shape {probs.shape}")
+    c, h, w = probs.shape
+    q = np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(q.reshape(c * h, w), mode="L").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def decode_probs(data: bytes, shape: Sequence[int], source: str = "probs") -> np.ndarray:
+    """Inverse of ``encode_probs``: CxHxW float32 probabilities; bad data is a DataError."""
+    c, h, w = (int(v) for v in shape)
+    if not bytes(data[:8]) == PNG_SIGNATURE:
+        raise DataError(f"{source}: not an encode_probs PNG")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            q = np.asarray(im)
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise DataError(f"{source}: cannot decode probs: {exc}") from exc
+    if q.shape != (c * h, w) or q.dtype != np.uint8:
+        raise DataError(f"{source}: probs of shape {q.shape}, expected {(c * h, w)} for {shape}")
+    return q.reshape(c, h, w).astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def encode_label(label: np.ndarray) -> bytes:
+    """HxW uint8 labels -> single-channel PNG (the prepared-data label format)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(label, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _decode_image(data: Any, source: str) -> np.ndarray:
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3:
+        return data
+    from pipeline.data.base import decode_image
+
+    return decode_image(bytes(data), source)
+
+
+def _decode_label(data: Any, source: str) -> np.ndarray:
+    if isinstance(data, np.ndarray) and data.ndim == 2:
+        return data
+    from pipeline.data.base import decode_label
+
+    return decode_label(bytes(data), source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Data
+
+
+def _num_classes_of(data: bytes, height: int) -> int:
+    """Classes in an encoded probs PNG: its row count over the image height."""
+    with Image.open(io.BytesIO(data)) as im:
+        rows = im.size[1]
+    if rows % height:
+        raise DataError(f"probs PNG has {rows} rows, not a multiple of height {height}")
+    return rows // height
+
+
+def _refine_batch(
+    batch: dict[str, np.ndarray], params: dict[str, float], backend: str, drop_probs: bool
+) -> dict[str, np.ndarray]:
+    """map_batches UDF: decode image + probs, run the CRF, add ``crf_label`` (PNG bytes)."""
+    crf_params = CRFParams(**params)
+    out = []
+    for i in range(len(batch["id"])):
+        h, w = int(batch["height"][i]), int(batch["width"][i])
+        source = f"example {batch['id'][i]}"
+        data = bytes(batch["probs"][i])
+        probs = decode_probs(data, (_num_classes_of(data, h), h, w), source)
+        image = _decode_image(batch["image"][i], source)
+        out.append(encode_label(refine(image, probs, crf_params, backend)))
+    result = dict(batch)
+    if drop_probs:
+        result.pop("probs")
+    result["crf_label"] = np.array(out, dtype=object)
+    return result
+
+
+def refine_dataset(
+    ds: Any,
+    params: CRFParams | None = None,
+    *,
+    backend: str = "pydensecrf",
+    rows_per_task: int | None = 2,
+    num_cpus: float = 1.0,
+    concurrency: int | None = None,
+    drop_probs: bool = False,
+) -> Any:
+    """Add a ``crf_label`` column (PNG) to a Ray dataset of rows id, image, probs, height, width.
+
+    One CRF is ~1-2 s of single-threaded C++, so each task takes ``num_cpus=1`` and works on
+    ``rows_per_task`` rows: the dataset is re-blocked to that size first, because Ray Data
+    schedules one task per block (a Parquet file read as one block would use one core only).
+    ``concurrency=None`` lets Ray run as many tasks as the cluster has CPUs, on every node.
+    """
+    params = params or CRFParams()
+    if rows_per_task is not None:
+        ds = ds.repartition(target_num_rows_per_block=int(rows_per_task))
+    return ds.map_batches(
+        _refine_batch,
+        fn_kwargs={"params": params.to_dict(), "backend": backend, "drop_probs": drop_probs},
+        batch_format="numpy",
+        batch_size=1,
+        num_cpus=num_cpus,
+        concurrency=concurrency,
+        zero_copy_batch=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter search
+
+
+@dataclass(frozen=True)
+class Example:
+    """One search example, compact in the object store: RGB image, encoded probs, label."""
+
+    image: np.ndarray  # HxWx3 uint8
+    probs: bytes  # encode_probs output
+    label: np.ndarray  # HxW uint8, 255 = void
+    num_classes: int
+
+    def decoded_probs(self) -> np.ndarray:
+        h, w = self.label.shape
+        return decode_probs(self.probs, (self.num_classes, h, w))
+
+
+def make_example(image: Any, probs: Any, label: Any, source: str = "example") -> Example:
+    """Normalise one example: images/labels decoded if bytes, probs encoded if an array."""
+    image = _decode_image(image, source)
+    label = _decode_label(label, source)
+    h, w = label.shape
+    if isinstance(probs, bytes | bytearray | memoryview):
+        data = bytes(probs)
+        c = _num_classes_of(data, h)
+    else:
+        probs = np.asarray(probs)
+        c = probs.shape[0]
+        data = encode_probs(probs)
+    if image.shape[:2] != (h, w):
+        raise DataError(f"{source}: image {image.shape[:2]} and label {(h, w)} differ in size")
+    return Example(image=image, probs=data, label=label, num_classes=c)
+
+
+def _as_example(item: Any, i: int) -> Example:
+    if isinstance(item, Example):
+        return item
+    if isinstance(item, Mapping):
+        source = str(item.get("id", f"example {i}"))
+        return make_example(item["image"], item["probs"], item["label"], source)
+    image, probs, label = item
+    return make_example(image, probs, label, f"example {i}")
+
+
+def expand_grid(
+    grid: Mapping[str, Sequence[float]] | Iterable[CRFParams], base: CRFParams | None = None
+) -> list[CRFParams]:
+    """A grid as CRFParams: a list is kept, a dict of value lists is its Cartesian product.
+
+    Keys absent from the dict take ``base``'s values (default: w2 = σγ = 3, 10 iterations).
+    """
+    base = base or CRFParams()
+    if isinstance(grid, Mapping):
+        names = {f.name for f in fields(CRFParams)}
+        for key in grid:
+            if key not in names:
+                raise ParamsError(f"crf.search.grid.{key} is not a CRF parameter")
+        keys = list(grid)
+        return [
+            replace(base, **dict(zip(keys, combo)))
+            for combo in itertools.product(*(list(grid[k]) for k in keys))
+        ]
+    return list(grid)
+
+
+def fine_grid(
+    best: CRFParams,
+    steps: Mapping[str, float] | None = None,
+    radius: int = 2,
+) -> dict[str, list[float]]:
+    """The paper's refinement round: finer steps around the coarse round's best values.
+
+    Default steps halve the coarse ones (w1 0.5, σα 5, σβ 0.5), ``radius`` steps either side;
+    values that would not be valid (w1 < 0, σ <= 0) are dropped.
+    """
+    steps = dict(steps or {"w1": 0.5, "sigma_alpha": 5.0, "sigma_beta": 0.5})
+    out: dict[str, list[float]] = {}
+    for key, step in steps.items():
+        centre = float(getattr(best, key))
+        values = [centre + k * step for k in range(-radius, radius + 1)]
+        low_ok = (lambda v: v >= 0) if key.startswith("w") else (lambda v: v > 0)
+        out[key] = [round(v, 6) for v in values if low_ok(v)]
+    return out
+
+
+def _evaluate_chunk(
+    examples: list[Example], indices: list[int], params: dict[str, float], backend: str
+) -> np.ndarray:
+    """Summed confusion matrix of one trial over some examples (runs as a Ray task)."""
+    from pipeline.metrics.segmentation import confusion_matrix
+
+    crf_params = CRFParams(**params)
+    n = examples[indices[0]].num_classes
+    hist = np.zeros((n, n), dtype=np.int64)
+    for i in indices:
+        ex = examples[i]
+        pred = refine(ex.image, ex.decoded_probs(), crf_params, backend)
+        hist += confusion_matrix(ex.label, pred, n)
+    return hist
+
+
+def evaluate(
+    examples: Sequence[Any], params: CRFParams, num_classes: int, backend: str = "pydensecrf"
+) -> dict[str, Any]:
+    """One trial, in-process: segmentation scores of the refined examples (dataset-level IU)."""
+    from pipeline.metrics.segmentation import segmentation_scores
+
+    exs = [_as_example(e, i) for i, e in enumerate(examples)]
+    _check_classes(exs, num_classes)
+    hist = _evaluate_chunk(exs, list(range(len(exs))), params.to_dict(), backend)
+    return segmentation_scores(hist)
+
+
+def _check_classes(examples: list[Example], num_classes: int) -> None:
+    for i, ex in enumerate(examples):
+        if ex.num_classes != num_classes:
+            raise DataError(f"example {i} has {ex.num_classes} score channels, not {num_classes}")
+
+
+def _chunks(n_items: int, n_trials: int, cpus: int) -> list[list[int]]:
+    """Split examples so that trials x chunks gives every CPU work (at least 2 tasks per CPU)."""
+    want = max(1, min(n_items, math.ceil(2 * cpus / max(n_trials, 1))))
+    bounds = np.linspace(0, n_items, want + 1).round().astype(int)
+    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+class _TrialLogger:
+    """Child runs under one parent, written from the driver only (one SQLite writer)."""
+
+    def __init__(self, parent_run_id: str | None, tracking_uri: str | None, run_name: str):
+        import mlflow
+
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        if parent_run_id is None:
+            parent = self.client.create_run(self._experiment_id(), run_name=run_name)
+            self.parent_id = parent.info.run_id
+            self.own_parent = True
+        else:
+            self.parent_id = parent_run_id
+            self.own_parent = False
+        self.experiment_id = self.client.get_run(self.parent_id).info.experiment_id
+
+    def _experiment_id(self) -> str:
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "crf-search")
+        exp = self.client.get_experiment_by_name(name)
+        return exp.experiment_id if exp else self.client.create_experiment(name)
+
+    def log_trial(self, index: int, params: CRFParams, scores: dict[str, Any]) -> str:
+        from mlflow.entities import Metric, Param
+
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"crf-trial-{index:04d}",
+            tags={"mlflow.parentRunId": self.parent_id, "densepipe.crf_trial": str(index)},
+        )
+        rid = run.info.run_id
+        self.client.log_batch(
+            rid,
+            params=[Param(k, str(v)) for k, v in params.to_dict().items()],
+            metrics=[
+                Metric(k, float(scores[k]), 0, 0)
+                for k in ("mean_iu", "pixel_acc", "mean_acc")
+                if scores.get(k) is not None and math.isfinite(scores[k])
+            ],
+        )
+        self.client.set_terminated(rid)
+        return rid
+
+    def finish(self, best: CRFParams, best_score: float, n_trials: int) -> None:
+        from mlflow.entities import Metric, Param
+
+        params = [Param(f"best.{k}", str(v)) for k, v in best.to_dict().items()]
+        existing = self.client.get_run(self.parent_id).data.params
+        params = [p for p in params if p.key not in existing]
+        self.client.log_batch(
+            self.parent_id,
+            params=params,
+            metrics=[Metric("best_mean_iu", best_score, 0, n_trials)],
+        )
+        if self.own_parent:
+            self.client.set_terminated(self.parent_id)
+
+
+def search(
+    examples: Sequence[Any],
+    grid: Mapping[str, Sequence[float]] | Iterable[CRFParams],
+    num_classes: int,
+    mlflow_parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    *,
+    base: CRFParams | None = None,
+    backend: str = "pydensecrf",
+    run_name: str = "crf-search",
+) -> tuple[CRFParams, list[dict[str, Any]]]:
+    """Evaluate every grid point on the examples as parallel Ray tasks; return (best, trials).
+
+    ``examples``: ``Example``s, ``(image, probs, label)`` tuples or dicts with those keys
+    (arrays or encoded bytes; float probs are stored quantised with ``encode_probs``, the form
+    the predict stage writes). They go into the object store once. Mean IU per trial is
+    dataset-level (one confusion matrix summed over the examples; 255 ignored; nanmean over
+    classes). Ties go to the earlier grid point. MLflow logging happens when a parent run id or
+    a tracking URI is given: each trial is a child run (params + mean_iu, pixel_acc).
+    Ray must be initialised (``pipeline.raycluster.init_ray``); one is started if not.
+    """
+    import ray
+
+    from pipeline.metrics.segmentation import segmentation_scores
+
+    trials_params = expand_grid(grid, base)
+    if not trials_params:
+        raise ParamsError("crf.search.grid is empty")
+    exs = [_as_example(e, i) for i, e in enumerate(examples)]
+    if not exs:
+        raise DataError("CRF search needs at least one example")
+    _check_classes(exs, num_classes)
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, include_dashboard=False)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    examples_ref = ray.put(exs)
+    remote = ray.remote(num_cpus=1)(_evaluate_chunk)
+    chunks = _chunks(len(exs), len(trials_params), cpus)
+
+    pending: dict[Any, int] = {}
+    for t, p in enumerate(trials_params):
+        for chunk in chunks:
+            pending[remote.remote(examples_ref, chunk, p.to_dict(), backend)] = t
+    hists: dict[int, np.ndarray] = {}
+    remaining = {t: len(chunks) for t in range(len(trials_params))}
+    logger = (
+        _TrialLogger(mlflow_parent_run_id, tracking_uri, run_name)
+        if (mlflow_parent_run_id is not None or tracking_uri is not None)
+        else None
+    )
+    trials: list[dict[str, Any] | None] = [None] * len(trials_params)
+    refs = list(pending)
+    while refs:
+        done, refs = ray.wait(refs, num_returns=1)
+        for ref in done:
+            t = pending.pop(ref)
+            hist = ray.get(ref)
+            hists[t] = hists[t] + hist if t in hists else hist
+            remaining[t] -= 1
+            if remaining[t]:
+                continue
+            scores = segmentation_scores(hists[t])
+            record: dict[str, Any] = {
+                **trials_params[t].to_dict(),
+                "mean_iu": scores["mean_iu"],
+                "pixel_acc": scores["pixel_acc"],
+                "mean_acc": scores["mean_acc"],
+                "trial": t,
+            }
+            if logger is not None:
+                record["run_id"] = logger.log_trial(t, trials_params[t], scores)
+            trials[t] = record
+    done_trials = [r for r in trials if r is not None]
+
+    def key(r: dict[str, Any]) -> tuple[float, int]:
+        score = r["mean_iu"] if math.isfinite(r["mean_iu"]) else -math.inf
+        return (score, -r["trial"])
+
+    best_record = max(done_trials, key=key)
+    best = trials_params[best_record["trial"]]
+    if logger is not None:
+        logger.finish(best, best_record["mean_iu"], len(done_trials))
+    return best, done_trials
+
+
+def coarse_to_fine_search(
+    examples: Sequence[Any],
+    num_classes: int,
+    coarse: Mapping[str, Sequence[float]] | None = None,
+    fine_steps: Mapping[str, float] | None = None,
+    mlflow_parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    *,
+    base: CRFParams | None = None,
+    backend: str = "pydensecrf",
+) -> tuple[CRFParams, list[dict[str, Any]]]:
+    """Paper §5: the coarse grid, then ``fine_grid`` around its best; trials of both rounds."""
+    exs = [_as_example(e, i) for i, e in enumerate(examples)]
+    best, trials = search(
+        exs, coarse or COARSE_GRID, num_classes, mlflow_parent_run_id, tracking_uri,
+        base=base, backend=backend,
+    )  # fmt: skip
+    for r in trials:
+        r["round"] = "coarse"
+    seen = {tuple(sorted(CRFParams(**_params_of(r)).to_dict().items())) for r in trials}
+    fine = [
+        p
+        for p in expand_grid(fine_grid(best, fine_steps), best)
+        if tuple(sorted(p.to_dict().items())) not in seen
+    ]
+    if not fine:
+        return best, trials
+    best_fine, fine_trials = search(
+        exs, fine, num_classes, mlflow_parent_run_id, tracking_uri, base=base, backend=backend
+    )
+    for r in fine_trials:
+        r["round"] = "fine"
+        r["trial"] += len(trials)
+    coarse_best = max(r["mean_iu"] for r in trials)
+    fine_best = max(r["mean_iu"] for r in fine_trials)
+    return (best_fine if fine_best > coarse_best else best), trials + fine_trials
+
+
+def _params_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {f.name: record[f.name] for f in fields(CRFParams)}
+
+
+def save_best(path: str | os.PathLike, params: CRFParams, **extra: Any) -> None:
+    """Write the chosen parameters as JSON (atomically: it is a DVC output)."""
+    payload = {**params.to_dict(), **extra}
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def load_best(path: str | os.PathLike) -> CRFParams:
+    """Read ``save_best``'s file; a missing or malformed file is a DataError naming it."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"CRF parameters file not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read CRF parameters {path}: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise DataError(f"{path}: expected a JSON object of CRF parameters")
+    names = {f.name for f in fields(CRFParams)}
+    missing = names - set(payload)
+    if missing:
+        raise DataError(f"{path}: missing CRF parameters {sorted(missing)}")
+    try:
+        return CRFParams.from_params({k: payload[k] for k in names})
+    except ParamsError as exc:
+        raise DataError(f"{path}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data (tests, benchmarks)
+
+
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """Bilinear (half-pixel centres) resampling as an n_out x n_in matrix."""
+    pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = (pos - lo).astype(np.float32)
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    m[np.arange(n_out), lo] += 1 - frac
+    m[np.arange(n_out), hi] += frac
+    return m
+
+
+def _resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of the last two axes (separable matmuls: much faster than ndimage.zoom)."""
+    ry = _interp_matrix(h, x.shape[-2])
+    rx = _interp_matrix(w, x.shape[-1])
+    return ry @ x.astype(np.float32) @ rx.T
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> np.ndarray:
+    """Unit-variance noise smooth over ~``scale`` px in the last two axes (made at low res)."""
+    from scipy import ndimage
+
+    *lead, h, w = shape
+    f = max(1, int(scale // 2))
+    small = rng.normal(size=(*lead, -(-h // f), -(-w // f)))
+    sigma = (0,) * len(lead) + (scale / f, scale / f)
+    small = ndimage.gaussian_filter(small, sigma, mode="wrap")
+    small /= small.std() + 1e-12
+    return _resize(small, h, w)
+
+
+def synthetic_example(
+    height: int = 375,
+    width: int = 500,
+    num_classes: int = 21,
+    seed: int = 0,
+    regions: int = 12,
+    blur: float = 10.0,
+    noise: float = 0.35,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A realistic (image, probs, label) triple for tests and benchmarks.
+
+    The label is a warped Voronoi partition (irregular boundaries) of ``regions`` segments,
+    ~40% background; the image gives each segment a colour plus smooth shading and fine texture;
+    the scores imitate a stride-8 DCNN: the label sampled every 8 px, one-hot, bilinearly
+    upsampled, blurred (``blur`` px), plus smooth noise (std ``noise`` in logits), softmax.
+    Real score maps are smooth like these; white-noise scores make pydensecrf ~3x slower.
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    h, w, c = height, width, num_classes
+    ys, xs = rng.uniform(0, h, regions), rng.uniform(0, w, regions)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    warp = _smooth_noise(rng, (2, h, w), 12.0) * 6.0
+    dist = (yy[None] + warp[0][None] - ys[:, None, None]) ** 2 + (
+        xx[None] + warp[1][None] - xs[:, None, None]
+    ) ** 2
+    region = dist.argmin(0)
+    cls = rng.integers(1, c, regions)
+    cls[rng.random(regions) < 0.4] = 0
+    label = cls[region].astype(np.uint8)
+    colours = rng.integers(30, 226, (regions, 3)).astype(np.float32)
+    img = colours[region]
+    img += np.moveaxis(_smooth_noise(rng, (3, h, w), 20.0), 0, -1) * 3.0
+    img += ndimage.gaussian_filter(rng.normal(size=(h, w, 3)), (1.5, 1.5, 0)) * 40
+    image = np.clip(img, 0, 255).astype(np.uint8)
+    coarse = label[4::8, 4::8]
+    onehot = (coarse[None] == np.arange(c)[:, None, None]).astype(np.float32)
+    onehot = ndimage.gaussian_filter(onehot, (0, blur / 8, blur / 8), mode="nearest")
+    logits = 5.0 * _resize(onehot, h, w)
+    logits += _smooth_noise(rng, (c, h, w), 20.0) * noise
+    logits -= logits.max(0, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(0, keepdims=True)
+    return image, probs.astype(np.float32), label
