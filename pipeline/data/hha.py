@@ -53,19 +53,23 @@ def estimate_gravity(
     eigenvector of ``Nw Nw^T - Nf Nf^T`` with the smallest eigenvalue, its sign kept.
     """
     flat = normals.reshape(-1, 3)
-    nt = np.ascontiguousarray(flat[~np.isnan(flat[:, 0])].T)  # 3xN: row-wise ops avoid BLAS
+    n = flat[~np.isnan(flat[:, 0])].T  # 3xN
+    # the six distinct entries of every n n^T, so that each update is one matrix-vector product
+    outer = np.stack([n[0] * n[0], n[0] * n[1], n[0] * n[2], n[1] * n[1], n[1] * n[2], n[2] * n[2]])
+    n = np.ascontiguousarray(n)
     y = np.array([0.0, 1.0, 0.0]) if y0 is None else np.asarray(y0, dtype=np.float64)
     for thresh, n_iter in zip(thresholds_deg, iterations, strict=True):
         cos_t, sin_t = np.cos(np.deg2rad(thresh)), np.sin(np.deg2rad(thresh))
         for _ in range(n_iter):
-            sim = np.abs(y[0] * nt[0] + y[1] * nt[1] + y[2] * nt[2])
+            sim = np.abs(y[0] * n[0] + y[1] * n[1] + y[2] * n[2])
             # Nw Nw^T - Nf Nf^T: +1 for normals near-perpendicular to gravity (walls), -1 for
             # near-parallel ones (floors), 0 otherwise
             weight = (sim < sin_t).astype(np.float64)
             weight -= sim > cos_t
-            a = (nt * weight) @ nt.T
-            if not a.any():  # no normal in either set: MATLAB would return garbage; keep y
+            a11, a12, a13, a22, a23, a33 = outer @ weight
+            if not (a11 or a12 or a13 or a22 or a23 or a33):  # both sets empty: keep y
                 break
+            a = np.array([[a11, a12, a13], [a12, a22, a23], [a13, a23, a33]])
             _, vecs = np.linalg.eigh(a)
             new = vecs[:, 0]
             y = -new if y @ new < 0 else new

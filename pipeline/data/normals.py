@@ -54,22 +54,31 @@ def point_cloud(depth: np.ndarray, camera: CameraIntrinsics) -> np.ndarray:
     return np.stack([xx[None, :] * z, yy[:, None] * z, z], axis=-1)
 
 
-def box_sum(f: np.ndarray, radius: int) -> np.ndarray:
-    """Sum of ``f`` over (2r+1)^2 windows of its last two axes, zeros outside the image.
+def box_sums(f: np.ndarray, radii: tuple[int, ...]) -> list[np.ndarray]:
+    """Sums of ``f`` over (2r+1)^2 windows of its last two axes, zeros outside, for each r.
 
-    MATLAB ``imfilter(f, ones(2r+1))`` as used by ``filterItChopOff.m``; an integral image
-    (cumulative sums) so the cost does not depend on the radius.
+    MATLAB ``imfilter(f, ones(2r+1))`` as used by ``filterItChopOff.m``; one integral image
+    (cumulative sums) serves every radius, and the cost does not depend on the radii.
     """
     h, w = f.shape[-2:]
-    r = radius
-    c = np.pad(f, [(0, 0)] * (f.ndim - 2) + [(r + 1, r), (r + 1, r)])
-    np.cumsum(c, axis=-2, out=c)
+    p = max(radii) + 1
+    c = np.pad(f, [(0, 0)] * (f.ndim - 2) + [(p, p - 1), (p, p - 1)])
     np.cumsum(c, axis=-1, out=c)
-    k = 2 * r + 1
-    out = c[..., k : k + h, k : k + w] - c[..., :h, k : k + w]
-    out -= c[..., k : k + h, :w]
-    out += c[..., :h, :w]
-    return out
+    np.cumsum(c, axis=-2, out=c)
+    sums = []
+    for r in radii:
+        hi, lo = slice(p + r, p + r + h), slice(p - r - 1, p - r - 1 + h)
+        hj, lj = slice(p + r, p + r + w), slice(p - r - 1, p - r - 1 + w)
+        out = c[..., hi, hj] - c[..., lo, hj]
+        out -= c[..., hi, lj]
+        out += c[..., lo, lj]
+        sums.append(out)
+    return sums
+
+
+def box_sum(f: np.ndarray, radius: int) -> np.ndarray:
+    """Sum of ``f`` over (2r+1)^2 windows of its last two axes, zeros outside the image."""
+    return box_sums(f, (radius,))[0]
 
 
 def _check(depth_m: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +149,7 @@ def depth_to_normals_multi(
     """:func:`depth_to_normals` for several window radii, sharing the per-pixel terms."""
     depth, valid = _check(depth_m, mask)
     moments = _plane_moments(depth, valid, camera or NYU_CAMERA)
-    return [_solve_planes(box_sum(moments, r)) for r in radii]
+    return [_solve_planes(s) for s in box_sums(moments, radii)]
 
 
 def depth_to_normals(
