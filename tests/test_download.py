@@ -531,6 +531,7 @@ def test_member_escaping_the_root_is_refused_before_extraction(
         fetch(name, root, manifest={name: src}, **FAST)
     assert not (root / name).exists()
     assert not list(tmp_path.rglob("escape.txt"))
+    assert not (root / PINS_NAME).exists(), "a refused archive must not become the pin"
     assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
     # the verified download is kept, so fixing the cause does not cost another download
     assert (root / ".downloads" / name / src.files[0].filename).is_file()
@@ -547,6 +548,9 @@ def test_mirror_is_used_when_the_primary_404s(
     assert_fetched(root, name, built)
     first = src.files[0].filename
     assert [r.status for r in server.requests_for(f"gone/{name}/{first}")] == [404]
+    if name in UNPUBLISHED:  # the pin says where the bytes really came from
+        pins = json.loads((root / PINS_NAME).read_text())
+        assert pins[f"{name}/{first}"]["origin"] == server.url(f"{name}/{first}")
 
 
 @pytest.mark.parametrize("name", UNPUBLISHED)

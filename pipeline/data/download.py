@@ -286,7 +286,7 @@ def download_file(
     that verifies is returned as is. Raises DownloadError naming the file (and, on a
     checksum mismatch, the expected and actual digests; the bad ``.part`` is deleted).
     """
-    path, _ = _download(
+    path, _, _ = _download(
         list(urls),
         Path(dest),
         md5=md5,
@@ -313,7 +313,8 @@ def _download(
     timeout: float,
     want_sha256: bool = False,
     sha256_note: str = "",
-) -> tuple[Path, Digests]:
+) -> tuple[Path, Digests, str]:
+    """``download_file``, also returning the digests and the URL the bytes came from."""
     if not urls:
         raise DownloadError(f"{dest.name}: no URL to download it from")
     md5 = md5.lower() if md5 else None
@@ -325,7 +326,7 @@ def _download(
         digests = hash_file(dest, algos)
         problem = _mismatch(dest.name, digests, md5, sha256, size, sha256_note)
         if problem is None:
-            return dest, digests
+            return dest, digests, str(dest)
         log.warning("%s exists but does not verify (%s); downloading again", dest, problem)
         dest.unlink()
 
@@ -356,7 +357,7 @@ def _download(
                 problem = _mismatch(dest.name, digests, md5, sha256, size, sha256_note)
                 if problem is None:
                     os.replace(part, dest)
-                    return dest, digests
+                    return dest, digests, url
                 part.unlink(missing_ok=True)
                 mismatches.append(f"{problem} (downloaded from {url})")
                 log.warning("%s; trying the next mirror", problem)
@@ -746,6 +747,7 @@ class _Got:
     digests: Digests
     downloaded: bool
     origin: str = ""
+    pin_key: str | None = None  # set when the file has no published checksum and no pin yet
 
 
 def fetch(
@@ -820,6 +822,12 @@ def fetch(
                 "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+        # pin only what turned out to be the dataset: an HTML error page served with
+        # "200 OK" must not become the reference every later download is held to
+        for g in got:
+            if g.pin_key is not None:
+                pins.record(g.pin_key, g.digests, g.origin)
+                log.info("pinned %s: sha256 %s", g.pin_key, g.digests.sha256)
         if not keep_archives:
             for g in got:
                 if g.downloaded:
@@ -868,8 +876,8 @@ def _obtain(
     backoff: float,
     timeout: float,
 ) -> _Got:
-    key = f"{src.name}/{spec.filename}"
-    pinned = None if spec.published else pins.get(key)
+    key = None if spec.published else f"{src.name}/{spec.filename}"
+    pinned = None if key is None else pins.get(key)
     sha256 = spec.sha256 or pinned
     note = f" (pinned in {pins.path} on first download)" if pinned and not spec.sha256 else ""
     if from_dir is not None:
@@ -881,7 +889,7 @@ def _obtain(
         origin, downloaded = str(path), False
     else:
         dest = root / DOWNLOADS_DIR / src.name / spec.filename
-        path, digests = _download(
+        path, digests, origin = _download(
             list(spec.urls),
             dest,
             md5=spec.md5,
@@ -894,11 +902,8 @@ def _obtain(
             want_sha256=True,
             sha256_note=note,
         )
-        origin, downloaded = spec.urls[0], True
-    if not spec.published and pinned is None:
-        pins.record(key, digests, origin)
-        log.info("pinned %s: sha256 %s", key, digests.sha256)
-    return _Got(spec, path, digests, downloaded, origin)
+        downloaded = True
+    return _Got(spec, path, digests, downloaded, origin, pin_key=None if pinned else key)
 
 
 def _find_local(src: Source, spec: FileSpec, from_dir: Path) -> Path:
