@@ -135,6 +135,16 @@ def test_missing_prediction_is_a_data_error(tmp_path: Path, shared_data: Path) -
         evaluate_bsds(tmp_path / "preds", golden / "groundTruth", n_thresholds=3, progress=False)
 
 
+def test_worker_data_error_reaches_the_caller(tmp_path: Path, shared_data: Path, ray_local) -> None:
+    """A bad file found inside a Ray task surfaces as DataError naming it, not RayTaskError."""
+    golden = _golden(shared_data)
+    Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(tmp_path / "2018.png")
+    with pytest.raises(DataError, match="2018.png.*does not match"):
+        evaluate_bsds(
+            tmp_path, golden / "groundTruth", n_thresholds=2, ids=["2018"], progress=False
+        )
+
+
 # ------------------------------------------------------------------ golden (MATLAB outputs)
 
 

@@ -16,7 +16,8 @@ is what pyedgeeval calls ``AUC``; its ``AP`` is a different quantity.
 We reuse only pyedgeeval's compiled ``correspond_pixels`` (the original BSDS C++ matcher) and
 write thinning (scikit-image's ``thin``, the ``bwmorph`` lookup tables) and accumulation here:
 pyedgeeval's own thinning stops as soon as its *first* sub-iteration changes nothing, which
-can leave pixels that ``bwmorph`` would remove. The matcher seeds its random graph from the
+can leave pixels that ``bwmorph`` would remove (seen on 45 of 300 random 40x40 masks; none on
+the golden maps). The matcher seeds its random graph from the
 clock, so runs differ from MATLAB (and from each other) by about 1e-3.
 
 The per-image work (all thresholds of one image) runs as a Ray task so that a 99-threshold
