@@ -110,6 +110,19 @@ def test_evaluate_image_counts() -> None:
     assert weak[1, 2] == gt.sum()  # truth is still counted when nothing is predicted
 
 
+def test_evaluate_image_with_nms_thins_a_soft_map() -> None:
+    gt = _ring()
+    soft = gaussian_filter(gt.astype(float), 1.5)
+    soft /= soft.max()
+    th = benchmark_thresholds(3)
+    raw = evaluate_image(soft, [gt], th, thin=False)
+    nmsed = evaluate_image(soft, [gt], th, thin=False, nms=True)
+    # At the lowest threshold the blurred ring is a thick band: most of it is unmatched.
+    assert raw[2, 0] / raw[3, 0] < 0.5
+    assert nmsed[2, 0] / nmsed[3, 0] > 0.8  # precision after NMS
+    assert nmsed[0, 0] / nmsed[1, 0] > 0.8  # recall after NMS
+
+
 def test_thinning_makes_one_pixel_lines() -> None:
     band = np.zeros((30, 30), dtype=bool)
     band[10:13, 3:27] = True
