@@ -201,3 +201,11 @@ def test_real_hha_module_interface_matches_the_call() -> None:
 def test_synthetic_file_is_matlab_v73(nyud_root) -> None:
     root, _, _ = nyud_root
     assert scipy.io.matlab.matfile_version(str(root / "nyu_depth_v2_labeled.mat")) == (2, 0)
+
+
+def test_crop_size_matches_gupta_export(shared_data: Path) -> None:
+    """Gupta's rcnn-depth frames (what FCN trained on) are 425 x 560: so is our crop."""
+    with Image.open(shared_data / "NYUDv2/gupta-demo/images.png") as im:
+        width, height = im.size
+    rows, cols = GUPTA_CROP
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (height, width) == (425, 560)
