@@ -424,54 +424,124 @@ class _TrialLogger:
         import mlflow
 
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        self.own_parent = parent_run_id is None
         if parent_run_id is None:
-            parent = self.client.create_run(self._experiment_id(), run_name=run_name)
-            self.parent_id = parent.info.run_id
-            self.own_parent = True
-        else:
-            self.parent_id = parent_run_id
-            self.own_parent = False
-        self.experiment_id = self.client.get_run(self.parent_id).info.experiment_id
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "crf-search")
+            exp = self.client.get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(name)
+            parent_run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+        self.parent_id = parent_run_id
+        self.experiment_id = self.client.get_run(parent_run_id).info.experiment_id
 
-    def _experiment_id(self) -> str:
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "crf-search")
-        exp = self.client.get_experiment_by_name(name)
-        return exp.experiment_id if exp else self.client.create_experiment(name)
+    @classmethod
+    def maybe(
+        cls, parent_run_id: str | None, tracking_uri: str | None, run_name: str
+    ) -> _TrialLogger | None:
+        if parent_run_id is None and tracking_uri is None:
+            return None
+        return cls(parent_run_id, tracking_uri, run_name)
 
-    def log_trial(self, index: int, params: CRFParams, scores: dict[str, Any]) -> str:
+    def log_trial(self, record: Mapping[str, Any]) -> str:
         from mlflow.entities import Metric, Param
 
+        index = int(record["trial"])
+        tags = {"mlflow.parentRunId": self.parent_id, "densepipe.crf_trial": str(index)}
+        if "round" in record:
+            tags["densepipe.crf_round"] = str(record["round"])
         run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"crf-trial-{index:04d}",
-            tags={"mlflow.parentRunId": self.parent_id, "densepipe.crf_trial": str(index)},
+            self.experiment_id, run_name=f"crf-trial-{index:04d}", tags=tags
         )
         rid = run.info.run_id
         self.client.log_batch(
             rid,
-            params=[Param(k, str(v)) for k, v in params.to_dict().items()],
+            params=[Param(f.name, str(record[f.name])) for f in fields(CRFParams)],
             metrics=[
-                Metric(k, float(scores[k]), 0, 0)
+                Metric(k, float(record[k]), 0, 0)
                 for k in ("mean_iu", "pixel_acc", "mean_acc")
-                if scores.get(k) is not None and math.isfinite(scores[k])
+                if record.get(k) is not None and math.isfinite(record[k])
             ],
         )
         self.client.set_terminated(rid)
         return rid
 
     def finish(self, best: CRFParams, best_score: float, n_trials: int) -> None:
-        from mlflow.entities import Metric, Param
+        """Best values as parent tags (mutable, unlike params) + metric; close our own parent."""
+        from mlflow.entities import Metric, RunTag
 
-        params = [Param(f"best.{k}", str(v)) for k, v in best.to_dict().items()]
-        existing = self.client.get_run(self.parent_id).data.params
-        params = [p for p in params if p.key not in existing]
-        self.client.log_batch(
-            self.parent_id,
-            params=params,
-            metrics=[Metric("best_mean_iu", best_score, 0, n_trials)],
-        )
+        tags = [RunTag(f"crf.best.{k}", str(v)) for k, v in best.to_dict().items()]
+        metrics = [Metric("best_mean_iu", float(best_score), 0, n_trials)]
+        self.client.log_batch(self.parent_id, metrics=metrics, tags=tags)
         if self.own_parent:
             self.client.set_terminated(self.parent_id)
+
+
+def _run_trials(
+    exs: list[Example],
+    trials_params: list[CRFParams],
+    backend: str,
+    logger: _TrialLogger | None,
+    first_index: int = 0,
+    round_name: str | None = None,
+) -> list[dict[str, Any]]:
+    """All trials as Ray tasks (trial x chunk of examples), gathered as they finish."""
+    import ray
+
+    from pipeline.metrics.segmentation import segmentation_scores
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, include_dashboard=False)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    examples_ref = ray.put(exs)  # once: every task reads the same object
+    remote = ray.remote(num_cpus=1)(_evaluate_chunk)
+    chunks = _chunks(len(exs), len(trials_params), cpus)
+    pending: dict[Any, int] = {}
+    for t, p in enumerate(trials_params):
+        for chunk in chunks:
+            pending[remote.remote(examples_ref, chunk, p.to_dict(), backend)] = t
+    hists: dict[int, np.ndarray] = {}
+    remaining = dict.fromkeys(range(len(trials_params)), len(chunks))
+    records: list[dict[str, Any]] = [{} for _ in trials_params]
+    refs = list(pending)
+    while refs:
+        done, refs = ray.wait(refs, num_returns=1)
+        t = pending.pop(done[0])
+        hist = ray.get(done[0])
+        hists[t] = hists[t] + hist if t in hists else hist
+        remaining[t] -= 1
+        if remaining[t]:
+            continue
+        scores = segmentation_scores(hists.pop(t))
+        record: dict[str, Any] = {
+            **trials_params[t].to_dict(),
+            "mean_iu": scores["mean_iu"],
+            "pixel_acc": scores["pixel_acc"],
+            "mean_acc": scores["mean_acc"],
+            "trial": first_index + t,
+        }
+        if round_name is not None:
+            record["round"] = round_name
+        if logger is not None:
+            record["run_id"] = logger.log_trial(record)
+        records[t] = record
+    return records
+
+
+def _best(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Highest mean IU (NaN counts as worst); ties go to the earlier trial."""
+
+    def key(r: dict[str, Any]) -> tuple[float, int]:
+        score = r["mean_iu"] if math.isfinite(r["mean_iu"]) else -math.inf
+        return (score, -r["trial"])
+
+    return max(records, key=key)
+
+
+def _prepare(examples: Sequence[Any], num_classes: int) -> list[Example]:
+    exs = [_as_example(e, i) for i, e in enumerate(examples)]
+    if not exs:
+        raise DataError("CRF search needs at least one example")
+    _check_classes(exs, num_classes)
+    return exs
 
 
 def search(
@@ -492,72 +562,20 @@ def search(
     the predict stage writes). They go into the object store once. Mean IU per trial is
     dataset-level (one confusion matrix summed over the examples; 255 ignored; nanmean over
     classes). Ties go to the earlier grid point. MLflow logging happens when a parent run id or
-    a tracking URI is given: each trial is a child run (params + mean_iu, pixel_acc).
-    Ray must be initialised (``pipeline.raycluster.init_ray``); one is started if not.
+    a tracking URI is given: each trial is a child run (params + mean_iu, pixel_acc, mean_acc);
+    without a parent id a parent run ``run_name`` is created (experiment
+    ``$MLFLOW_EXPERIMENT_NAME`` or "crf-search"). Ray is initialised if it is not yet.
     """
-    import ray
-
-    from pipeline.metrics.segmentation import segmentation_scores
-
     trials_params = expand_grid(grid, base)
     if not trials_params:
         raise ParamsError("crf.search.grid is empty")
-    exs = [_as_example(e, i) for i, e in enumerate(examples)]
-    if not exs:
-        raise DataError("CRF search needs at least one example")
-    _check_classes(exs, num_classes)
-
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, include_dashboard=False)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    examples_ref = ray.put(exs)
-    remote = ray.remote(num_cpus=1)(_evaluate_chunk)
-    chunks = _chunks(len(exs), len(trials_params), cpus)
-
-    pending: dict[Any, int] = {}
-    for t, p in enumerate(trials_params):
-        for chunk in chunks:
-            pending[remote.remote(examples_ref, chunk, p.to_dict(), backend)] = t
-    hists: dict[int, np.ndarray] = {}
-    remaining = {t: len(chunks) for t in range(len(trials_params))}
-    logger = (
-        _TrialLogger(mlflow_parent_run_id, tracking_uri, run_name)
-        if (mlflow_parent_run_id is not None or tracking_uri is not None)
-        else None
-    )
-    trials: list[dict[str, Any] | None] = [None] * len(trials_params)
-    refs = list(pending)
-    while refs:
-        done, refs = ray.wait(refs, num_returns=1)
-        for ref in done:
-            t = pending.pop(ref)
-            hist = ray.get(ref)
-            hists[t] = hists[t] + hist if t in hists else hist
-            remaining[t] -= 1
-            if remaining[t]:
-                continue
-            scores = segmentation_scores(hists[t])
-            record: dict[str, Any] = {
-                **trials_params[t].to_dict(),
-                "mean_iu": scores["mean_iu"],
-                "pixel_acc": scores["pixel_acc"],
-                "mean_acc": scores["mean_acc"],
-                "trial": t,
-            }
-            if logger is not None:
-                record["run_id"] = logger.log_trial(t, trials_params[t], scores)
-            trials[t] = record
-    done_trials = [r for r in trials if r is not None]
-
-    def key(r: dict[str, Any]) -> tuple[float, int]:
-        score = r["mean_iu"] if math.isfinite(r["mean_iu"]) else -math.inf
-        return (score, -r["trial"])
-
-    best_record = max(done_trials, key=key)
-    best = trials_params[best_record["trial"]]
+    exs = _prepare(examples, num_classes)
+    logger = _TrialLogger.maybe(mlflow_parent_run_id, tracking_uri, run_name)
+    records = _run_trials(exs, trials_params, backend, logger)
+    best = _best(records)
     if logger is not None:
-        logger.finish(best, best_record["mean_iu"], len(done_trials))
-    return best, done_trials
+        logger.finish(trials_params[best["trial"]], best["mean_iu"], len(records))
+    return trials_params[best["trial"]], records
 
 
 def coarse_to_fine_search(
@@ -570,36 +588,31 @@ def coarse_to_fine_search(
     *,
     base: CRFParams | None = None,
     backend: str = "pydensecrf",
+    radius: int = 2,
+    run_name: str = "crf-search",
 ) -> tuple[CRFParams, list[dict[str, Any]]]:
-    """Paper §5: the coarse grid, then ``fine_grid`` around its best; trials of both rounds."""
-    exs = [_as_example(e, i) for i, e in enumerate(examples)]
-    best, trials = search(
-        exs, coarse or COARSE_GRID, num_classes, mlflow_parent_run_id, tracking_uri,
-        base=base, backend=backend,
-    )  # fmt: skip
-    for r in trials:
-        r["round"] = "coarse"
-    seen = {tuple(sorted(CRFParams(**_params_of(r)).to_dict().items())) for r in trials}
-    fine = [
-        p
-        for p in expand_grid(fine_grid(best, fine_steps), best)
-        if tuple(sorted(p.to_dict().items())) not in seen
+    """Paper §5: the coarse grid, then ``fine_grid`` around its best; (best, trials of both).
+
+    Both rounds log under the same parent run; records carry ``round`` = coarse / fine.
+    """
+    exs = _prepare(examples, num_classes)
+    logger = _TrialLogger.maybe(mlflow_parent_run_id, tracking_uri, run_name)
+    coarse_params = expand_grid(coarse or COARSE_GRID, base)
+    if not coarse_params:
+        raise ParamsError("crf.search.grid is empty")
+    records = _run_trials(exs, coarse_params, backend, logger, 0, "coarse")
+    centre = coarse_params[_best(records)["trial"]]
+    seen = {p for p in coarse_params}
+    fine_params = [
+        p for p in expand_grid(fine_grid(centre, fine_steps, radius), centre) if p not in seen
     ]
-    if not fine:
-        return best, trials
-    best_fine, fine_trials = search(
-        exs, fine, num_classes, mlflow_parent_run_id, tracking_uri, base=base, backend=backend
-    )
-    for r in fine_trials:
-        r["round"] = "fine"
-        r["trial"] += len(trials)
-    coarse_best = max(r["mean_iu"] for r in trials)
-    fine_best = max(r["mean_iu"] for r in fine_trials)
-    return (best_fine if fine_best > coarse_best else best), trials + fine_trials
-
-
-def _params_of(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {f.name: record[f.name] for f in fields(CRFParams)}
+    if fine_params:
+        records += _run_trials(exs, fine_params, backend, logger, len(records), "fine")
+    all_params = coarse_params + fine_params
+    best = _best(records)
+    if logger is not None:
+        logger.finish(all_params[best["trial"]], best["mean_iu"], len(records))
+    return all_params[best["trial"]], records
 
 
 def save_best(path: str | os.PathLike, params: CRFParams, **extra: Any) -> None:

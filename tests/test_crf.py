@@ -10,6 +10,7 @@ import pytest
 from pipeline.crf import (
     CRFParams,
     backend_from_params,
+    coarse_to_fine_search,
     decode_probs,
     encode_label,
     encode_probs,
@@ -224,12 +225,18 @@ def _direct_mean_iu(examples, params: CRFParams) -> float:
     return segmentation_scores(hist)["mean_iu"]
 
 
-def test_search_picks_the_best_grid_point_and_logs_children(ray_local, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One SQLite store for the module: creating its schema costs seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow').resolve()}/mlflow.db"
+
+
+def test_search_picks_the_best_grid_point_and_logs_children(ray_local, mlflow_uri) -> None:
     import mlflow
 
     examples = _strip_examples()
     grid = {"w1": [0.0, 5.0], "sigma_beta": [5.0, 200.0]}
-    uri = f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    uri = mlflow_uri
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("crf-test")
     parent = client.create_run(exp, run_name="crf-stage").info.run_id
@@ -285,3 +292,35 @@ def test_fine_grid_refines_around_best() -> None:
 def test_encode_label_is_a_grey_png() -> None:
     lab = np.array([[0, 1], [255, 3]], np.uint8)
     assert np.array_equal(decode_label(encode_label(lab), "x"), lab)
+
+
+def test_coarse_to_fine_refines_around_coarse_best_under_one_parent(
+    ray_local, mlflow_uri, monkeypatch
+) -> None:
+    import mlflow
+
+    uri = mlflow_uri
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "crf-c2f")
+    best, trials = coarse_to_fine_search(
+        _strip_examples(),
+        2,
+        coarse={"w1": [0.0, 5.0], "sigma_beta": [5.0, 200.0]},
+        fine_steps={"w1": 0.5},
+        radius=1,
+        tracking_uri=uri,
+    )
+    rounds = [t["round"] for t in trials]
+    assert rounds == ["coarse"] * 4 + ["fine"] * 2
+    assert sorted(t["w1"] for t in trials[4:]) == [4.5, 5.5]  # 5.0 was already tried
+    assert all(t["sigma_beta"] == 5.0 for t in trials[4:])
+    assert [t["trial"] for t in trials] == list(range(6))
+    assert best.sigma_beta == 5.0 and best.w1 in (4.5, 5.0, 5.5)
+    assert max(t["mean_iu"] for t in trials) == pytest.approx(1.0)
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("crf-c2f")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(runs) == 7
+    assert parents[0].data.tags["crf.best.w1"] == str(best.w1)
+    assert parents[0].info.status == "FINISHED"

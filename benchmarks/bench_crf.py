@@ -1,0 +1,144 @@
+"""Dense-CRF throughput through ``refine_dataset`` with 1 and 2 Ray CPUs, side by side.
+
+Inputs are realistic 500x375, 21-class score maps (``pipeline.crf.synthetic_example``: smooth
+stride-8-like scores over a piecewise-constant segmentation with a matching image), encoded as
+the predict stage writes them (image PNG, ``encode_probs`` PNG). Each CPU setting gets a fresh
+local Ray runtime and a warm-up pass (worker start and imports are not CRF cost); the timed pass
+runs the whole Ray Data pipeline (decode, CRF, encode) and materialises the result.
+
+    .venv/bin/python benchmarks/bench_crf.py                # 8 images, CPUs 1 and 2
+    .venv/bin/python benchmarks/bench_crf.py --images 16 --cpus 1 2 4 --backend pydensecrf
+
+Goal: 2 CPUs >= 1.8x the images/s of 1 CPU (the CRF is single-threaded C++, one row per task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+from pipeline.crf import CRFParams, encode_probs, refine, refine_dataset, synthetic_example
+from pipeline.data.base import encode_png
+
+
+def make_rows(n: int, height: int, width: int, classes: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        image, probs, label = synthetic_example(height, width, classes, seed=1000 + i)
+        rows.append(
+            {
+                "id": f"synth_{i:04d}",
+                "image": encode_png(image),
+                "probs": encode_probs(probs),
+                "height": height,
+                "width": width,
+                "label": encode_png(label),
+            }
+        )
+    return rows
+
+
+def in_process_latency(rows: list[dict], classes: int, backend: str, repeats: int) -> list[float]:
+    """Seconds per image for the CRF call alone (decoded inputs), on the driver, one core."""
+    from pipeline.crf import decode_probs
+    from pipeline.data.base import decode_image
+
+    out = []
+    for row in rows[:repeats]:
+        h, w = row["height"], row["width"]
+        image = decode_image(row["image"], row["id"])
+        probs = decode_probs(row["probs"], (classes, h, w))
+        t0 = time.perf_counter()
+        refine(image, probs, CRFParams(), backend)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def throughput(rows: list[dict], cpus: int, backend: str) -> float:
+    """Images/s of refine_dataset on a fresh ``cpus``-CPU local Ray runtime."""
+    import ray
+
+    ray.init(
+        num_cpus=cpus,
+        object_store_memory=300 * 1024 * 1024,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        warm = ray.data.from_items(rows[:cpus])
+        refine_dataset(warm, backend=backend, rows_per_task=1).materialize()
+        ds = ray.data.from_items(rows).materialize()
+        t0 = time.perf_counter()
+        out = refine_dataset(ds, backend=backend, rows_per_task=1, drop_probs=True).materialize()
+        n = out.count()
+        elapsed = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    assert n == len(rows), (n, len(rows))
+    return n / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--cpus", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--height", type=int, default=375)
+    ap.add_argument("--width", type=int, default=500)
+    ap.add_argument("--classes", type=int, default=21)
+    ap.add_argument("--backend", default="pydensecrf", choices=["pydensecrf", "torch"])
+    ap.add_argument("--latency-images", type=int, default=3)
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    rows = make_rows(args.images, args.height, args.width, args.classes)
+    mb = np.mean([len(r["probs"]) for r in rows]) / 1e6
+    print(
+        f"{args.images} synthetic {args.width}x{args.height}x{args.classes} score maps "
+        f"in {time.perf_counter() - t0:.1f} s; encoded probs {mb:.3f} MB/image "
+        f"(float32 {args.classes * args.height * args.width * 4 / 1e6:.1f} MB)"
+    )
+    lat = in_process_latency(rows, args.classes, args.backend, args.latency_images)
+    print(
+        f"in-process CRF latency ({args.backend}, 1 core, {len(lat)} images): "
+        f"median {statistics.median(lat):.2f} s, min {min(lat):.2f} s, max {max(lat):.2f} s"
+    )
+    results = {}
+    for cpus in args.cpus:
+        ips = throughput(rows, cpus, args.backend)
+        results[cpus] = ips
+        print(
+            f"Ray CPUs {cpus}: {ips:.3f} images/s  ({1 / ips:.2f} s/image wall, "
+            f"{cpus / ips:.2f} CPU-s/image)"
+        )
+    base = results.get(min(results))
+    print("\n| Ray CPUs | images/s | speed-up vs 1 CPU |")
+    print("|---|---|---|")
+    for cpus, ips in results.items():
+        print(f"| {cpus} | {ips:.3f} | {ips / base:.2f}x |")
+    if 1 in results and 2 in results:
+        ratio = results[2] / results[1]
+        verdict = "meets" if ratio >= 1.8 else "misses"
+        print(f"\n2-CPU / 1-CPU = {ratio:.2f}x ({verdict} the 1.8x goal)")
+    if args.json:
+        payload = {
+            "images": args.images,
+            "size": [args.height, args.width, args.classes],
+            "backend": args.backend,
+            "latency_s": lat,
+            "images_per_s": {str(k): v for k, v in results.items()},
+        }
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
