@@ -1,0 +1,101 @@
+"""Model library: one obvious way to build a model, ``build_model(name, num_classes, ...)``.
+
+>>> model = build_model("fcn8s", 21, width=1 / 16)
+>>> groups = param_groups(model, lr=1e-14, weight_decay=5e-4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pipeline.errors import ParamsError
+from pipeline.models.fcn import FCN, param_groups, vgg16_fcn
+from pipeline.models.geometry import describe
+from pipeline.models.vgg import VGG16Classifier
+from pipeline.models.weights import (
+    convolutionalize,
+    init_from_checkpoint,
+    load_pretrained,
+    load_vgg16_weights,
+)
+
+__all__ = [
+    "FCN",
+    "VGG16Classifier",
+    "build_model",
+    "convolutionalize",
+    "describe",
+    "init_from_checkpoint",
+    "list_models",
+    "load_vgg16_weights",
+    "param_groups",
+]
+
+
+def _fixed(name: str, num_classes: int, **kw: Any) -> FCN:
+    model = vgg16_fcn(name, num_classes, **kw)
+    model.freeze_all_but_score()
+    return model
+
+
+def _backbone(arch: str) -> Callable[..., FCN]:
+    def build(name: str, num_classes: int, **kw: Any) -> FCN:
+        from pipeline.models import backbones
+
+        return backbones.build_fcn32s(arch, name, num_classes, **kw)
+
+    return build
+
+
+_REGISTRY: dict[str, Callable[..., FCN]] = {
+    "fcn32s": partial(vgg16_fcn, "fcn32s"),
+    "fcn16s": partial(vgg16_fcn, "fcn16s", skips=("pool4",)),
+    "fcn8s": partial(vgg16_fcn, "fcn8s", skips=("pool4", "pool3")),
+    "fcn8s-atonce": partial(vgg16_fcn, "fcn8s-atonce", skips=("pool4", "pool3"), atonce=True),
+    "fcn32s-fixed": partial(_fixed, "fcn32s-fixed"),
+    "fcn-pool5": partial(vgg16_fcn, "fcn-pool5", pool_only="pool5"),
+    "fcn-pool4": partial(vgg16_fcn, "fcn-pool4", pool_only="pool4"),
+    "fcn-pool3": partial(vgg16_fcn, "fcn-pool3", pool_only="pool3"),
+}
+
+_OPTIONS = ("dropout", "learn_upsampling", "fixed_upsampling", "pretrained")
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`build_model`."""
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, num_classes: int, *, width: float = 1.0, **options: Any) -> nn.Module:
+    """Build a registered model; raises ParamsError (naming the choices) on bad input.
+
+    Options: ``dropout`` (0.5), ``learn_upsampling`` (None = paper: final fixed, intermediate
+    learned; True all; False none), ``fixed_upsampling`` (True freezes all), ``pretrained``
+    (None, "imagenet" = torchvision weights, or a path to a classifier or FCN state dict).
+    Builds on the current default device, so ``with torch.device("meta"):`` costs no memory.
+    """
+    if name not in _REGISTRY:
+        raise ParamsError(f"model.name: unknown model {name!r}; known models: {list_models()}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ParamsError(f"model.num_classes must be a positive integer, got {num_classes!r}")
+    if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
+        raise ParamsError(f"model.width must be a positive number, got {width!r}")
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ParamsError(f"model: unknown option(s) {unknown}; known options: {list(_OPTIONS)}")
+    pretrained = options.pop("pretrained", None)
+    if pretrained is not None and not isinstance(pretrained, str | Path):
+        raise ParamsError(
+            f"model.pretrained must be null, 'imagenet' or a path, got {pretrained!r}"
+        )
+    dropout = options.get("dropout", 0.5)
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise ParamsError(f"model.dropout must be in [0, 1), got {dropout!r}")
+    model = _REGISTRY[name](num_classes, width=float(width), **options)
+    load_pretrained(model, pretrained)
+    return model
