@@ -41,8 +41,9 @@ All fall as f grows; all but ``nearest-topleft`` (its samples sit half a cell of
 centre, shifting the whole map) stay within 6 points of the paper at every factor; ``majority``
 has the smallest mean absolute deviation (RMS ties with ``majority-void`` at 2.35), so it is the
 default. It is also the natural oracle: the one label per cell that gets the most scored pixels
-right. Its excess at f <= 8 comes from VOC's void outlines absorbing the boundary cells; ``majority-void``
-lets void win a cell, stays below the paper there, and is the closest alternative.
+right. Its excess at f <= 8 comes from VOC's void outlines absorbing the boundary cells;
+``majority-void`` lets void win a cell, stays below the paper there, and is the closest
+alternative.
 """
 
 from __future__ import annotations
