@@ -130,3 +130,45 @@ def test_vgg16_fcn_table1_geometry() -> None:
 def test_geometry_defaults() -> None:
     g = Geometry()
     assert (g.rf, g.stride, g.depth) == (1, 1, 0)
+
+
+# --- FCN Table 1 (phase 2 backbones) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, layers, rf, params_m",
+    [("fcn32s", 16, 404, 134), ("fcn32s-alexnet", 8, 355, 57), ("fcn32s-googlenet", 22, 379, 6)],
+)
+def test_table1_from_the_module_graph(name: str, layers: int, rf: int, params_m: int) -> None:
+    """Paper: AlexNet 8/355/57M, VGG16 16/404/134M, GoogLeNet 22/907/6M, all stride 32.
+
+    GoogLeNet's 379 differs from 907 because torchvision's definition differs (next test).
+    """
+    d = describe(meta_model(name))
+    assert (d["conv_layers"], d["rf_size"], d["max_stride"]) == (layers, rf, 32)
+    assert round(d["parameters_excluding_upsampling"] / 1e6) == params_m
+
+
+def test_original_googlenet_gives_the_papers_907() -> None:
+    """torchvision's GoogLeNet has 3x3 convs where the original has 5x5 (pytorch/vision#906) and a
+    2x2 pool4 where the original has 3x3.  Restoring both gives 715; the paper's 907 is that plus
+    the 7x7 average pooling (6 x 32 px) -- which FCN-GoogLeNet discards, so 907 describes the
+    classifier's units, not the FCN's."""
+    m = meta_model("fcn32s-googlenet")
+    for name, block in m.backbone.named_children():
+        if name.startswith("inception"):
+            conv = block.branch3[1].conv
+            block.branch3[1].conv = nn.Conv2d(conv.in_channels, conv.out_channels, 5, padding=2)
+    m.backbone.maxpool4 = nn.MaxPool2d(3, 2, ceil_mode=True)
+    assert describe(m)["rf_size"] == 715
+    with_avgpool = nn.Sequential(m.trunk()[:-2], nn.AvgPool2d(7, stride=1))
+    assert trace(with_avgpool).rf == 907
+
+
+def test_parallel_branches_must_align() -> None:
+    from pipeline.models.backbones import googlenet_features
+
+    block = googlenet_features(1 / 16, upto="inception3a", conv1_pad=3).inception3a
+    block.branch2[1].conv.padding = (0, 0)  # a 3x3 branch without padding no longer lines up
+    with pytest.raises(ValueError, match="misaligned"):
+        trace(block)

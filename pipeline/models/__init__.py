@@ -61,6 +61,8 @@ _REGISTRY: dict[str, Callable[..., FCN]] = {
     "fcn-pool5": partial(vgg16_fcn, "fcn-pool5", pool_only="pool5"),
     "fcn-pool4": partial(vgg16_fcn, "fcn-pool4", pool_only="pool4"),
     "fcn-pool3": partial(vgg16_fcn, "fcn-pool3", pool_only="pool3"),
+    "fcn32s-alexnet": partial(_backbone("alexnet"), "fcn32s-alexnet"),
+    "fcn32s-googlenet": partial(_backbone("googlenet"), "fcn32s-googlenet"),
 }
 
 _OPTIONS = ("dropout", "learn_upsampling", "fixed_upsampling", "pretrained")

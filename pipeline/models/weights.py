@@ -197,10 +197,12 @@ def _load_classifier(fcn_model: nn.Module, conv_state: StateDict) -> list[str]:
     head_state = {k: v for k, v in conv_state.items() if k.startswith(("fc6.", "fc7."))}
     loaded = [f"backbone.{k}" for k in _copy_into(fcn_model.backbone, backbone_state, "backbone")]
     loaded += [f"head.{k}" for k in _copy_into(fcn_model.head, head_state, "head")]
-    expected = [
+    bb = fcn_model.backbone
+    expected = [f"backbone.{k}" for k, _ in bb.named_parameters()]
+    expected += [
         f"backbone.{k}"
-        for k, v in fcn_model.backbone.state_dict().items()
-        if not k.endswith("num_batches_tracked")
+        for k, _ in bb.named_buffers()
+        if k.endswith(("running_mean", "running_var"))
     ]
     missing = sorted(set(expected) - set(loaded))
     if missing:
@@ -276,7 +278,10 @@ def load_pretrained(model: nn.Module, pretrained: str | Path | None) -> list[str
     if pretrained == "imagenet":
         if getattr(model, "width", 1.0) != 1.0:
             raise ParamsError("model.pretrained='imagenet' needs model.width=1.0")
-        return load_backbone_weights(model, imagenet_state_dict(model.arch))
+        loaded = load_backbone_weights(model, imagenet_state_dict(model.arch))
+        if model.arch == "googlenet":  # torchvision's transform_input=True for these weights
+            model.backbone.transform_input.set_torchvision_googlenet()
+        return loaded
     state = read_state_dict(pretrained)
     if _is_classifier_state(state):
         return load_backbone_weights(model, state)
