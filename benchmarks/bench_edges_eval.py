@@ -69,17 +69,28 @@ def main(argv: list[str] | None = None) -> int:
         # Warm-up: start the workers and import the module in them (not timed).
         evaluate_bsds(tmp, gt_dir, n_thresholds=1, ids=ids, num_cpus=max(cpus), progress=False)
         rows = []
+        # Ray runs workers at niceness 15: on a machine busy with other (nice 0) work the
+        # extra CPU is not really there, so print the load alongside the figures.
+        print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         for n in cpus:
             start = time.perf_counter()
             res = evaluate_bsds(
                 tmp, gt_dir, n_thresholds=args.thresholds, ids=ids, num_cpus=n, progress=False
             )
             elapsed = time.perf_counter() - start
-            rows.append({"num_cpus": n, "seconds": elapsed, "images_per_s": len(ids) / elapsed})
+            load = os.getloadavg()[0]
+            rows.append(
+                {
+                    "num_cpus": n,
+                    "seconds": elapsed,
+                    "images_per_s": len(ids) / elapsed,
+                    "load_average_after": load,
+                }
+            )
             print(
                 f"num_cpus={n}: {len(ids)} images x {args.thresholds} thresholds in "
                 f"{elapsed:.1f} s = {len(ids) / elapsed:.4f} images/s "
-                f"(ODS F {res.ods.f:.3f}, AP {res.ap:.3f})",
+                f"(ODS F {res.ods.f:.3f}, AP {res.ap:.3f}; load average {load:.2f})",
                 flush=True,
             )
     base = rows[0]["images_per_s"]
