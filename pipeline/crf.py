@@ -20,6 +20,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -143,9 +144,7 @@ def refine(
     params = params or CRFParams()
     _check_inputs(image_rgb, probs)
     if backend == "torch":
-        from pipeline.crf_torch import refine_torch
-
-        return refine_torch(image_rgb, probs, params)
+        return refine_torch_batch([image_rgb], [probs], params)[0]
     if backend != "pydensecrf":
         raise ParamsError(f"crf.backend must be one of {BACKENDS}, got {backend!r}")
     import pydensecrf.densecrf as dcrf
@@ -164,6 +163,191 @@ def refine(
     )
     q = np.asarray(crf.inference(int(params.iterations)), dtype=np.float32).reshape(c, h, w)
     return q.argmax(axis=0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Torch backend: the same mean field, batched, CPU or GPU
+
+
+class _TorchLattice:
+    """Permutohedral lattice (Adams et al. 2010) exactly as densecrf builds it, in torch.
+
+    Splat and slice are sparse CSR matrices (N x M, M x N), the blur is d+1 passes of
+    ``v + (v[n1] + v[n2]) / 2`` along the lattice axes; ``alpha = 1 / (1 + 2^-d)`` as in
+    densecrf. Keys are packed into int64 codes (one sort builds the table; neighbours are found
+    by code arithmetic + ``searchsorted``). ``group`` (image index) goes into the code's high
+    bits, so a batch of images shares one lattice yet never exchanges messages.
+    """
+
+    def __init__(self, features: Any, group: Any = None):
+        import torch
+
+        n, d = features.shape
+        d1 = d + 1
+        dev = features.device
+        # elevate onto the hyperplane (scaled so the blur approximates a unit Gaussian)
+        inv_std = math.sqrt(2.0 / 3.0) * d1
+        scale = torch.tensor([inv_std / math.sqrt((i + 1) * (i + 2)) for i in range(d)], device=dev)
+        cf = features.float() * scale
+        elev = torch.zeros(n, d1, device=dev)
+        elev[:, :d] = cf.flip(1).cumsum(1).flip(1)
+        elev[:, 1:] -= torch.arange(1, d1, device=dev, dtype=torch.float32) * cf
+        # nearest remainder-0 point, then the simplex (rank of each coordinate's residual)
+        v = elev / d1
+        up, down = torch.ceil(v) * d1, torch.floor(v) * d1
+        rem0 = torch.where(up - elev < elev - down, up, down)
+        total = (rem0 / d1).round().sum(1, keepdim=True).long()
+        resid = elev - rem0
+        idx = torch.arange(d1, device=dev)
+        later = idx[None, :] > idx[:, None]
+        a, b = resid[:, :, None], resid[:, None, :]
+        rank = torch.where(later, b > a, b >= a).sum(2) - 1 + total
+        rem0 = rem0.long() + torch.where(rank < 0, d1, 0) - torch.where(rank > d, d1, 0)
+        rank = rank.remainder(d1)
+        # barycentric weights of the d+1 enclosing vertices
+        vb = (elev - rem0.float()) / d1
+        bary = torch.zeros(n, d1 + 1, device=dev)
+        bary.scatter_add_(1, d - rank, vb)
+        bary.scatter_add_(1, d - rank + 1, -vb)
+        bary[:, 0] += 1.0 + bary[:, d1]
+        bary = bary[:, :d1]
+        # vertex r has key[i] = rem0[i] + r - d1 * [rank[i] > d - r] (first d coordinates)
+        r0 = rem0[:, :d]
+        lo = r0.amin(0) - 2 * d1
+        span = (r0.amax(0) + 2 * d1 - lo + 1).tolist()
+        bits = [max(1, int(x).bit_length()) for x in span]
+        gbits = int(group.max()).bit_length() if group is not None and n else 0
+        if sum(bits) + gbits > 62:
+            raise ValueError(f"lattice keys need {sum(bits) + gbits} bits; features too spread")
+        shifts = [0]
+        for nb in bits[:-1]:
+            shifts.append(shifts[-1] + nb)
+        weight = torch.tensor([1 << sh for sh in shifts], device=dev, dtype=torch.long)
+        base = ((r0 - lo) * weight).sum(1)
+        if group is not None:
+            base += group.long() << sum(bits)
+        one_all = int(weight.sum())
+        rk = rank[:, :d]
+        codes = torch.stack(
+            [base + r * one_all - d1 * ((rk > d - r).long() * weight).sum(1) for r in range(d1)],
+            1,
+        ).reshape(-1)
+        sorted_codes, perm = torch.sort(codes)
+        uniq, inv, counts = torch.unique_consecutive(
+            sorted_codes, return_inverse=True, return_counts=True
+        )
+        m = uniq.numel()
+        offset = torch.empty_like(inv)
+        offset[perm] = inv
+        flat = bary.reshape(-1)
+        alpha = 1.0 / (1.0 + 2.0 ** (-d))
+        self.n, self.m = n, m
+        crow = torch.zeros(m + 1, dtype=torch.long, device=dev)
+        crow[1:] = counts.cumsum(0)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            self.slice = torch.sparse_csr_tensor(
+                torch.arange(0, d1 * n + 1, d1, device=dev),
+                offset,
+                flat * alpha,
+                (n, m),
+                check_invariants=False,
+            )
+            self.splat = torch.sparse_csr_tensor(
+                crow, perm // d1, flat[perm], (m, n), check_invariants=False
+            )
+        # blur neighbours along each lattice axis j: key -1 everywhere but +d at j, and back
+        self.neighbours = []
+        pad = torch.tensor([m], device=dev)
+        for j in range(d1):
+            step = one_all - (d1 * int(weight[j]) if j < d else 0)
+            pair = [self._find(uniq, uniq - step), self._find(uniq, uniq + step)]
+            self.neighbours.append([torch.cat([p, pad]) for p in pair])
+
+    @staticmethod
+    def _find(uniq: Any, codes: Any) -> Any:
+        import torch
+
+        pos = torch.searchsorted(uniq, codes).clamp_(max=uniq.numel() - 1)
+        return torch.where(uniq[pos] == codes, pos, uniq.numel())
+
+    def filter(self, x: Any) -> Any:
+        """Gaussian filtering of the rows of ``x`` (N x C) in feature space."""
+        import torch
+
+        v = torch.cat([self.splat @ x, x.new_zeros(1, x.shape[1])])
+        for n1, n2 in self.neighbours:
+            v = v + 0.5 * (v.index_select(0, n1) + v.index_select(0, n2))
+        return self.slice @ v[:-1]
+
+
+def refine_torch_batch(
+    images: Sequence[np.ndarray],
+    probs: Sequence[np.ndarray],
+    params: CRFParams | None = None,
+    device: str | None = None,
+) -> list[np.ndarray]:
+    """The dense CRF of ``refine`` for a batch of images at once, in torch (CPU or CUDA).
+
+    Same model and approximations as pydensecrf (permutohedral lattice, symmetric kernel
+    normalisation, Potts compatibility as attraction, unary clipped at 1e-5): labels agree with
+    pydensecrf on >= 99% of pixels (tests/test_crf.py). Images may differ in size; all must
+    have the same number of classes. ``device`` None: CUDA when available.
+    """
+    import torch
+
+    params = params or CRFParams()
+    if len(images) != len(probs):
+        raise ValueError(f"{len(images)} images but {len(probs)} score maps")
+    if not images:
+        return []
+    for image, p in zip(images, probs):
+        _check_inputs(image, p)
+    classes = {p.shape[0] for p in probs}
+    if len(classes) != 1:
+        raise ValueError(f"score maps differ in class count: {sorted(classes)}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sizes = [p.shape[1] * p.shape[2] for p in probs]
+    pos, rgb, group = [], [], []
+    for k, image in enumerate(images):
+        h, w = image.shape[:2]
+        yy, xx = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32, device=dev),
+            torch.arange(w, dtype=torch.float32, device=dev),
+            indexing="ij",
+        )
+        pos.append(torch.stack([xx, yy], -1).reshape(-1, 2))
+        rgb.append(torch.as_tensor(np.array(image, np.float32), device=dev).reshape(-1, 3))
+        group.append(torch.full((h * w,), k, dtype=torch.long, device=dev))
+    pos_t, rgb_t, group_t = torch.cat(pos), torch.cat(rgb), torch.cat(group)
+    logp = torch.cat(
+        [torch.as_tensor(np.array(p, np.float32), device=dev).reshape(len(p), -1).T for p in probs]
+    )
+    logp = logp.clamp_(1e-5, 1.0).log_()
+    kernels = []
+    if params.w2 > 0:
+        kernels.append((float(params.w2), pos_t / float(params.sigma_gamma)))
+    if params.w1 > 0:
+        feats = torch.cat([pos_t / float(params.sigma_alpha), rgb_t / float(params.sigma_beta)], 1)
+        kernels.append((float(params.w1), feats))
+    ones = torch.ones(logp.shape[0], 1, device=dev)
+    filters = []
+    for weight, feats in kernels:
+        lattice = _TorchLattice(feats, group_t if len(images) > 1 else None)
+        norm = lattice.filter(ones).add_(1e-20).rsqrt_()  # symmetric normalisation
+        filters.append((lattice, norm, norm * weight))
+    q = torch.softmax(logp, 1)
+    for _ in range(int(params.iterations)):
+        energy = logp
+        for lattice, norm, scaled in filters:  # Potts: attraction w * k * Q to the same label
+            energy = torch.addcmul(energy, lattice.filter(q * norm), scaled)
+        q = torch.softmax(energy, 1)
+    labels = q.argmax(1).to(torch.uint8).cpu().numpy()
+    out, start = [], 0
+    for image, size in zip(images, sizes):
+        out.append(labels[start : start + size].reshape(image.shape[:2]))
+        start += size
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,22 +424,44 @@ def _num_classes_of(data: bytes, height: int) -> int:
 
 
 def _refine_batch(
-    batch: dict[str, np.ndarray], params: dict[str, float], backend: str, drop_probs: bool
+    batch: dict[str, np.ndarray],
+    params: dict[str, float],
+    backend: str,
+    drop_probs: bool,
+    timing: bool,
 ) -> dict[str, np.ndarray]:
     """map_batches UDF: decode image + probs, run the CRF, add ``crf_label`` (PNG bytes)."""
+    import time
+
     crf_params = CRFParams(**params)
-    out = []
+    out, wall, cpu, images, scores = [], [], [], [], []
     for i in range(len(batch["id"])):
+        t0, c0 = time.perf_counter(), time.process_time()
         h, w = int(batch["height"][i]), int(batch["width"][i])
         source = f"example {batch['id'][i]}"
         data = bytes(batch["probs"][i])
         probs = decode_probs(data, (_num_classes_of(data, h), h, w), source)
         image = _decode_image(batch["image"][i], source)
+        if backend == "torch":  # the whole batch in one lattice, below
+            images.append(image)
+            scores.append(probs)
+            continue
         out.append(encode_label(refine(image, probs, crf_params, backend)))
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    if backend == "torch":
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = [encode_label(lab) for lab in refine_torch_batch(images, scores, crf_params)]
+        n = max(len(out), 1)
+        wall = [(time.perf_counter() - t0) / n] * len(out)
+        cpu = [(time.process_time() - c0) / n] * len(out)
     result = dict(batch)
     if drop_probs:
         result.pop("probs")
     result["crf_label"] = np.array(out, dtype=object)
+    if timing:
+        result["crf_seconds"] = np.array(wall, dtype=np.float64)
+        result["crf_cpu_seconds"] = np.array(cpu, dtype=np.float64)
     return result
 
 
@@ -268,6 +474,8 @@ def refine_dataset(
     num_cpus: float = 1.0,
     concurrency: int | None = None,
     drop_probs: bool = False,
+    timing: bool = False,
+    num_gpus: float = 0.0,
 ) -> Any:
     """Add a ``crf_label`` column (PNG) to a Ray dataset of rows id, image, probs, height, width.
 
@@ -275,16 +483,28 @@ def refine_dataset(
     ``rows_per_task`` rows: the dataset is re-blocked to that size first, because Ray Data
     schedules one task per block (a Parquet file read as one block would use one core only).
     ``concurrency=None`` lets Ray run as many tasks as the cluster has CPUs, on every node.
+    The torch backend refines each task's rows as one batch (on a GPU when ``num_gpus`` > 0
+    gives the task one; Ray sets ``OMP_NUM_THREADS`` = ``num_cpus`` for CPU tasks).
+    ``timing=True`` adds ``crf_seconds`` / ``crf_cpu_seconds`` per row (benchmarks only: the
+    values differ run to run, so a DVC output holding them would never be reproducible).
     """
     params = params or CRFParams()
+    if backend not in BACKENDS:
+        raise ParamsError(f"crf.backend must be one of {BACKENDS}, got {backend!r}")
     if rows_per_task is not None:
         ds = ds.repartition(target_num_rows_per_block=int(rows_per_task))
     return ds.map_batches(
         _refine_batch,
-        fn_kwargs={"params": params.to_dict(), "backend": backend, "drop_probs": drop_probs},
+        fn_kwargs={
+            "params": params.to_dict(),
+            "backend": backend,
+            "drop_probs": drop_probs,
+            "timing": timing,
+        },
         batch_format="numpy",
-        batch_size=1,
+        batch_size=1 if backend == "pydensecrf" else (rows_per_task or 4),
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
         concurrency=concurrency,
         zero_copy_batch=True,
     )
@@ -714,12 +934,33 @@ def synthetic_example(
     img += np.moveaxis(_smooth_noise(rng, (3, h, w), 20.0), 0, -1) * 3.0
     img += ndimage.gaussian_filter(rng.normal(size=(h, w, 3)), (1.5, 1.5, 0)) * 40
     image = np.clip(img, 0, 255).astype(np.uint8)
+    probs = synthetic_scores(label, c, seed=seed, blur=blur, noise=noise)
+    return image, probs, label
+
+
+def synthetic_scores(
+    label: np.ndarray, num_classes: int, seed: int = 0, blur: float = 10.0, noise: float = 0.35
+) -> np.ndarray:
+    """DCNN-like softmax scores for a label map (CxHxW float32), as in ``synthetic_example``.
+
+    Void (255) pixels take their nearest labelled pixel's class (a DCNN predicts a class there).
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed + 7919)
+    h, w = label.shape
+    void = label >= num_classes
+    if void.all():
+        raise ValueError("label has no valid pixel")
+    if void.any():
+        nearest = ndimage.distance_transform_edt(void, return_distances=False, return_indices=True)
+        label = label[tuple(nearest)]
     coarse = label[4::8, 4::8]
-    onehot = (coarse[None] == np.arange(c)[:, None, None]).astype(np.float32)
+    onehot = (coarse[None] == np.arange(num_classes)[:, None, None]).astype(np.float32)
     onehot = ndimage.gaussian_filter(onehot, (0, blur / 8, blur / 8), mode="nearest")
     logits = 5.0 * _resize(onehot, h, w)
-    logits += _smooth_noise(rng, (c, h, w), 20.0) * noise
+    logits += _smooth_noise(rng, (num_classes, h, w), 20.0) * noise
     logits -= logits.max(0, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(0, keepdims=True)
-    return image, probs.astype(np.float32), label
+    return probs.astype(np.float32)

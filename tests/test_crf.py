@@ -324,3 +324,77 @@ def test_coarse_to_fine_refines_around_coarse_best_under_one_parent(
     assert len(parents) == 1 and len(runs) == 7
     assert parents[0].data.tags["crf.best.w1"] == str(best.w1)
     assert parents[0].info.status == "FINISHED"
+
+
+# --- torch backend ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Single-threaded like a 1-CPU Ray task (and no OpenMP spinning on a shared machine)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_torch_backend_agrees_with_pydensecrf_on_realistic_scores(one_torch_thread) -> None:
+    for seed, params in [(5, CRFParams()), (6, CRFParams(w1=8, sigma_alpha=60, sigma_beta=4))]:
+        image, probs, _ = synthetic_example(150, 200, num_classes=8, seed=seed)
+        ref = refine(image, probs, params)
+        out = refine(image, probs, params, backend="torch")
+        assert out.dtype == np.uint8 and out.shape == ref.shape
+        assert (out == ref).mean() >= 0.99
+        assert (out != probs.argmax(0)).any()  # the CRF did something to agree about
+
+
+def test_torch_backend_reproduces_the_strip_cases(one_torch_thread) -> None:
+    for distinct in (False, True):
+        image, probs, _ = strip_case(distinct)
+        for params in (CRFParams(), CRFParams(w1=0), CRFParams(sigma_beta=200)):
+            ref = refine(image, probs, params)
+            assert np.array_equal(refine(image, probs, params, backend="torch"), ref)
+
+
+def test_torch_batch_keeps_images_apart(one_torch_thread) -> None:
+    from pipeline.crf import refine_torch_batch
+
+    a = synthetic_example(60, 80, num_classes=5, seed=1)
+    b = synthetic_example(50, 90, num_classes=5, seed=2)
+    batch = refine_torch_batch([a[0], b[0]], [a[1], b[1]])
+    assert np.array_equal(batch[0], refine(a[0], a[1], backend="torch"))
+    assert np.array_equal(batch[1], refine(b[0], b[1], backend="torch"))
+    with pytest.raises(ValueError, match="class count"):
+        refine_torch_batch([a[0], b[0]], [a[1], b[1][:4]])
+
+
+def test_torch_backend_on_a_real_voc_image(shared_data, one_torch_thread) -> None:
+    from PIL import Image
+
+    from pipeline.crf import synthetic_scores
+
+    voc = shared_data / "VOC2012"
+    image = np.asarray(Image.open(voc / "JPEGImages" / "2011_000006.jpg").convert("RGB"))
+    label = np.asarray(Image.open(voc / "SegmentationClassAug" / "2011_000006.png"))
+    probs = synthetic_scores(label, 21, seed=1)
+    ref = refine(image, probs)
+    assert (refine(image, probs, backend="torch") == ref).mean() >= 0.99
+
+
+def test_refine_dataset_with_torch_backend(ray_local) -> None:
+    rows, want = [], {}
+    for i in range(3):
+        image, probs, _ = synthetic_example(40, 56, num_classes=3, seed=20 + i)
+        probs = decode_probs(encode_probs(probs), probs.shape)
+        want[f"t{i}"] = refine(image, probs)
+        rows.append(
+            {"id": f"t{i}", "image": encode_png(image), "probs": encode_probs(probs),
+             "height": 40, "width": 56}
+        )  # fmt: skip
+    ds = ray_local.data.from_items(rows)
+    out = refine_dataset(ds, backend="torch", rows_per_task=3, timing=True).take_all()
+    for r in out:
+        got = decode_label(bytes(r["crf_label"]), r["id"])
+        assert (got == want[r["id"]]).mean() >= 0.99
+        assert r["crf_seconds"] > 0
