@@ -199,9 +199,9 @@ class _TorchLattice:
         total = (rem0 / d1).round().sum(1, keepdim=True).long()
         resid = elev - rem0
         idx = torch.arange(d1, device=dev)
-        later = idx[None, :] > idx[:, None]
-        a, b = resid[:, :, None], resid[:, None, :]
-        rank = torch.where(later, b > a, b >= a).sum(2) - 1 + total
+        # rank = position in descending order, ties to the earlier coordinate (as densecrf)
+        order = torch.argsort(resid, dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, idx.expand(n, d1)) + total
         rem0 = rem0.long() + torch.where(rank < 0, d1, 0) - torch.where(rank > d, d1, 0)
         rank = rank.remainder(d1)
         # barycentric weights of the d+1 enclosing vertices
@@ -211,7 +211,8 @@ class _TorchLattice:
         bary.scatter_add_(1, d - rank + 1, -vb)
         bary[:, 0] += 1.0 + bary[:, d1]
         bary = bary[:, :d1]
-        # vertex r has key[i] = rem0[i] + r - d1 * [rank[i] > d - r] (first d coordinates)
+        # vertex r has key[i] = rem0[i] + r - d1 * [rank[i] > d - r] (first d coordinates),
+        # packed into one int64 code; margins of 2 d1 keep neighbours' codes carry-free
         r0 = rem0[:, :d]
         lo = r0.amin(0) - 2 * d1
         span = (r0.amax(0) + 2 * d1 - lo + 1).tolist()
@@ -227,11 +228,12 @@ class _TorchLattice:
         if group is not None:
             base += group.long() << sum(bits)
         one_all = int(weight.sum())
-        rk = rank[:, :d]
-        codes = torch.stack(
-            [base + r * one_all - d1 * ((rk > d - r).long() * weight).sum(1) for r in range(d1)],
-            1,
-        ).reshape(-1)
+        # sum_i [rank_i > d - r] w_i = the weights of the coordinates ranked d, d-1, .., d1-r
+        order = torch.empty_like(rank).scatter_(1, rank, idx.expand(n, d1))
+        ranked_w = torch.cat([weight, weight.new_zeros(1)])[order.flip(1)]
+        codes = base[:, None] + idx * one_all
+        codes[:, 1:] -= d1 * ranked_w[:, :d].cumsum(1)
+        codes = codes.reshape(-1)
         sorted_codes, perm = torch.sort(codes)
         uniq, inv, counts = torch.unique_consecutive(
             sorted_codes, return_inverse=True, return_counts=True
@@ -239,46 +241,105 @@ class _TorchLattice:
         m = uniq.numel()
         offset = torch.empty_like(inv)
         offset[perm] = inv
-        flat = bary.reshape(-1)
-        alpha = 1.0 / (1.0 + 2.0 ** (-d))
-        self.n, self.m = n, m
-        crow = torch.zeros(m + 1, dtype=torch.long, device=dev)
-        crow[1:] = counts.cumsum(0)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            self.slice = torch.sparse_csr_tensor(
-                torch.arange(0, d1 * n + 1, d1, device=dev),
-                offset,
-                flat * alpha,
-                (n, m),
-                check_invariants=False,
-            )
-            self.splat = torch.sparse_csr_tensor(
-                crow, perm // d1, flat[perm], (m, n), check_invariants=False
-            )
-        # blur neighbours along each lattice axis j: key -1 everywhere but +d at j, and back
-        self.neighbours = []
-        pad = torch.tensor([m], device=dev)
+        self.n, self.m, self.d1 = n, m, d1
+        self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
+        self.offset = offset.reshape(n, d1)  # lattice vertex of each (pixel, simplex corner)
+        self.bary = bary.contiguous()
+        self.crow = torch.zeros(m + 1, dtype=torch.long, device=dev)  # splat rows: vertices
+        self.crow[1:] = counts.cumsum(0)
+        self.perm = perm  # (pixel, corner) entries in vertex order
+        # blur neighbours along each lattice axis j: key -1 everywhere but +d at j, and back;
+        # a missing neighbour is -1
+        self.blur = []
         for j in range(d1):
             step = one_all - (d1 * int(weight[j]) if j < d else 0)
-            pair = [self._find(uniq, uniq - step), self._find(uniq, uniq + step)]
-            self.neighbours.append([torch.cat([p, pad]) for p in pair])
+            self.blur.append((self._find(uniq, uniq - step), self._find(uniq, uniq + step)))
 
     @staticmethod
     def _find(uniq: Any, codes: Any) -> Any:
         import torch
 
         pos = torch.searchsorted(uniq, codes).clamp_(max=uniq.numel() - 1)
-        return torch.where(uniq[pos] == codes, pos, uniq.numel())
+        return torch.where(uniq[pos] == codes, pos, -1)
 
-    def filter(self, x: Any) -> Any:
-        """Gaussian filtering of the rows of ``x`` (N x C) in feature space."""
+    def symmetric_norm(self) -> Any:
+        """densecrf's NORMALIZE_SYMMETRIC factor ``1/sqrt(K 1)`` per pixel (one channel: no CSR)."""
+        import torch
+
+        v = torch.zeros(self.m + 1, device=self.bary.device)
+        v.index_add_(0, self.offset.reshape(-1), self.bary.reshape(-1))
+        for n1, n2 in self.blur:
+            v[:-1] = v[:-1] + 0.5 * (v[n1] + v[n2])  # v[-1] == 0 stands in for a missing one
+        out = (v[self.offset] * self.bary).sum(1) * self.alpha
+        return out.add_(1e-20).rsqrt_()
+
+
+def _csr(crow: Any, col: Any, val: Any, shape: tuple[int, int]) -> Any:
+    import torch
+
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
+
+
+class _LatticeFilter:
+    """``sum_k out_k * K_k(in_k * x)`` over lattices on the same pixels: 2 spmm + d+1 blurs.
+
+    The per-pixel scales (symmetric normalisation, kernel weight) are folded into the sparse
+    splat / slice values and the lattices are stacked, so one mean-field step is one splat,
+    one blur, one slice fused with the unary (``addmm``) and a softmax: no N x C temporaries.
+    """
+
+    def __init__(self, lattices: Sequence[_TorchLattice], in_scales: Any, out_scales: Any):
+        import torch
+
+        n = lattices[0].n
+        dev = lattices[0].offset.device
+        starts = [0]
+        for lat in lattices:
+            starts.append(starts[-1] + lat.m)
+        total = starts[-1]
+        crows, cols, vals, nnz = [torch.zeros(1, dtype=torch.long, device=dev)], [], [], 0
+        for lat, scale in zip(lattices, in_scales):
+            pixel = lat.perm // lat.d1
+            crows.append(lat.crow[1:] + nnz)
+            cols.append(pixel)
+            vals.append(lat.bary.reshape(-1)[lat.perm] * scale[pixel])
+            nnz += lat.perm.numel()
+        self.splat = _csr(torch.cat(crows), torch.cat(cols), torch.cat(vals), (total, n))
+        width = sum(lat.d1 for lat in lattices)
+        col = torch.cat([lat.offset + st for lat, st in zip(lattices, starts)], 1)
+        val = torch.cat(
+            [lat.bary * (lat.alpha * scale)[:, None] for lat, scale in zip(lattices, out_scales)],
+            1,
+        )
+        crow = torch.arange(0, width * n + 1, width, device=dev)
+        self.slice = _csr(crow, col.reshape(-1), val.reshape(-1), (n, total))
+        self.blur = []
+        pad = torch.full((1,), total, dtype=torch.long, device=dev)
+        for j in range(max(lat.d1 for lat in lattices)):
+            pair = []
+            for side in (0, 1):
+                parts = []
+                for lat, st in zip(lattices, starts):
+                    if j < lat.d1:  # beyond its own axes a lattice's rows see only the pad (0)
+                        nb = lat.blur[j][side]
+                        parts.append(torch.where(nb < 0, total, nb + st))
+                    else:
+                        parts.append(pad.expand(lat.m))
+                pair.append(torch.cat([*parts, pad]))
+            self.blur.append(pair)
+
+    def __call__(self, x: Any, add: Any = None) -> Any:
+        """``add + sum_k out_k * K_k(in_k * x)`` for x of N x C."""
         import torch
 
         v = torch.cat([self.splat @ x, x.new_zeros(1, x.shape[1])])
-        for n1, n2 in self.neighbours:
-            v = v + 0.5 * (v.index_select(0, n1) + v.index_select(0, n2))
-        return self.slice @ v[:-1]
+        for n1, n2 in self.blur:
+            v = torch.add(v, v.index_select(0, n1) + v.index_select(0, n2), alpha=0.5)
+        if add is None:
+            return self.slice @ v[:-1]
+        return torch.addmm(add, self.slice, v[:-1])
 
 
 def refine_torch_batch(
@@ -330,18 +391,17 @@ def refine_torch_batch(
     if params.w1 > 0:
         feats = torch.cat([pos_t / float(params.sigma_alpha), rgb_t / float(params.sigma_beta)], 1)
         kernels.append((float(params.w1), feats))
-    ones = torch.ones(logp.shape[0], 1, device=dev)
-    filters = []
-    for weight, feats in kernels:
-        lattice = _TorchLattice(feats, group_t if len(images) > 1 else None)
-        norm = lattice.filter(ones).add_(1e-20).rsqrt_()  # symmetric normalisation
-        filters.append((lattice, norm, norm * weight))
     q = torch.softmax(logp, 1)
-    for _ in range(int(params.iterations)):
-        energy = logp
-        for lattice, norm, scaled in filters:  # Potts: attraction w * k * Q to the same label
-            energy = torch.addcmul(energy, lattice.filter(q * norm), scaled)
-        q = torch.softmax(energy, 1)
+    if kernels:
+        lattices, norms = [], []
+        for _, feats in kernels:
+            lattice = _TorchLattice(feats, group_t if len(images) > 1 else None)
+            norms.append(lattice.symmetric_norm())
+            lattices.append(lattice)
+        # Potts compatibility as densecrf applies it: an attraction w * k * Q to the same label
+        message = _LatticeFilter(lattices, norms, [w * nm for (w, _), nm in zip(kernels, norms)])
+        for _ in range(int(params.iterations)):
+            q = torch.softmax(message(q, add=logp), 1)
     labels = q.argmax(1).to(torch.uint8).cpu().numpy()
     out, start = [], 0
     for image, size in zip(images, sizes):
