@@ -29,6 +29,9 @@ def _filename_provider():
     class ShardNames(FilenameProvider):
         """``part-{task_index:05d}.parquet``: deterministic, unlike Ray's UUID names."""
 
+        def get_filename_for_task(self, write_uuid, task_index):
+            return f"part-{task_index:05d}.parquet"
+
         def get_filename_for_block(self, block, write_uuid, task_index, block_index):
             return f"part-{task_index:05d}-{block_index:03d}.parquet"
 
@@ -60,6 +63,7 @@ def prepare_split(dataset: Dataset, root: Path, split: str, out_dir: Path) -> in
     Returns the number of examples. Raises DataError naming the first bad file.
     """
     import ray
+    from ray.data import SaveMode
 
     ids = dataset.list_ids(root, split)
     if len(set(ids)) != len(ids):
@@ -80,6 +84,7 @@ def prepare_split(dataset: Dataset, root: Path, split: str, out_dir: Path) -> in
                 str(tmp),
                 filename_provider=_filename_provider(),
                 min_rows_per_file=ROWS_PER_SHARD,
+                mode=SaveMode.OVERWRITE,
             )
         except Exception as exc:
             data_error = _unwrap_data_error(exc)

@@ -1,0 +1,317 @@
+"""Training with Ray Train, readable top to bottom.
+
+``train(config, datasets)`` starts a ``TorchTrainer`` whose workers run ``train_loop``: build the
+model, load its initial weights (a convolutionalized classifier, or the coarser FCN of the
+staged recipe), then SGD/Adam over shards of the prepared Ray Dataset with the paper's loss,
+gradient accumulation, optional bf16 autocast and channels_last. Rank 0 logs to MLflow,
+validates, reports checkpoints to Ray Train and writes the final model.
+
+Data parallelism is exact: the per-worker loss is normalised so that the all-reduced (averaged)
+gradient equals the single-worker gradient of the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.data.loader import Augment, InputSpec, batch_to_tensors
+from pipeline.losses import pixel_loss, predict_labels, sample_mask
+from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs (resolved from params.yaml by the stage)."""
+
+    model: str
+    num_classes: int
+    out_dir: str  # absolute: workers run in another directory
+    model_options: dict = field(default_factory=dict)  # width, dropout, ... for build_model
+    init: str | None = None  # classifier or coarser-FCN state dict to start from (absolute)
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 1e-10
+    momentum: float = 0.99
+    weight_decay: float = 5e-4
+    batch_size: int = 1  # global images per forward pass (all workers together)
+    accumulate: int = 1  # forward passes per optimizer step
+    iterations: int = 100_000  # optimizer steps
+    loss_kind: str = "softmax"
+    loss_reduction: str = "image"
+    loss_sample_p: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16
+    channels_last: bool = False
+    augment: dict = field(default_factory=dict)
+    input: dict = field(default_factory=dict)
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 0  # optimizer steps between validations (0: once per epoch)
+    max_val_images: int = 0  # 0: the whole val split
+    mlflow_uri: str | None = None
+    mlflow_run_id: str | None = None
+
+
+def build_for_training(config: TrainConfig) -> torch.nn.Module:
+    """The model with its starting weights (shared by training and the equivalence tests)."""
+    from pipeline.models import build_model
+
+    return build_model(
+        config.model, config.num_classes, pretrained=config.init, **config.model_options
+    )
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Caffe's FCN solver: biases at 2x lr and no weight decay; frozen params left out."""
+    from pipeline.models import param_groups
+
+    groups = param_groups(model, config.lr, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    raise ValueError(f"unknown optimizer {config.optimizer!r} (sgd | adam)")
+
+
+def evaluate_model(model, rows, spec: InputSpec, num_classes: int, device, autocast) -> dict:
+    """Mean IU etc. of ``model`` over prepared rows (batch 1: images keep their own size)."""
+    model.eval()
+    hist = np.zeros((num_classes, num_classes), np.int64)
+    with torch.no_grad():
+        for batch in rows:
+            x, y = batch_to_tensors(batch, spec)
+            with autocast():
+                logits = model(x.to(device))
+            pred = predict_labels(logits.float()).cpu().numpy()
+            hist += confusion_matrix(y.numpy(), pred, num_classes)
+    model.train()
+    return segmentation_scores(hist)
+
+
+def train_loop(cfg: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig(**cfg)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config.seed)
+    device = ray.train.torch.get_device()
+    spec, augment = InputSpec(**config.input), Augment(**config.augment)
+    rng = np.random.default_rng([config.seed, rank])
+
+    model = build_for_training(config)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
+    optimizer = make_optimizer(model, config)
+    dtype = torch.bfloat16 if config.precision == "bf16" else None
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} workers")
+    local_batch = config.batch_size // world
+    shard = ray.train.get_dataset_shard("train")
+    val_rows = None
+    if rank == 0:
+        val_ds = _optional_shard("val")
+        if val_ds is not None:
+            val_rows = list(val_ds.iter_batches(batch_size=1, batch_format="numpy"))
+            if config.max_val_images:
+                val_rows = val_rows[: config.max_val_images]
+    mlflow = _MlflowLogger(config) if rank == 0 else None
+
+    step, micro, epoch, history, t0 = 0, 0, 0, [], time.time()
+    running = []
+    while step < config.iterations:
+        for batch in shard.iter_batches(
+            batch_size=local_batch,
+            batch_format="numpy",
+            local_shuffle_buffer_size=max(local_batch * 50, 100),
+            local_shuffle_seed=config.seed + epoch * 1000 + rank,
+            drop_last=True,
+        ):
+            x, y = batch_to_tensors(batch, spec, augment, rng)
+            x, y = x.to(device), y.to(device)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            keep = None
+            if config.loss_sample_p < 1.0:
+                keep = sample_mask(y, config.loss_sample_p, stride=32)
+            last_micro = (micro + 1) % config.accumulate == 0
+            sync = model.no_sync() if (world > 1 and not last_micro) else _nullcontext()
+            with sync:
+                with autocast():
+                    logits = model(x)
+                total, norm = pixel_loss(
+                    logits, y, config.loss_kind, config.loss_reduction, keep
+                )
+                norm = _global_normaliser(norm, world)
+                loss = total / norm / config.accumulate
+                loss.backward()
+            running.append(loss.item() * config.accumulate)
+            micro += 1
+            if not last_micro:
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            step_loss = _global_mean(sum(running) / len(running), world)
+            running = []
+            if rank == 0:
+                history.append({"step": step, "loss": step_loss, "time": time.time() - t0})
+                if step % config.log_every == 0 or step == 1:
+                    mlflow.log({"train_loss": step_loss}, step)
+                if config.val_every and step % config.val_every == 0 and val_rows:
+                    _validate(model, val_rows, spec, config, device, autocast, history, mlflow, step)
+            if step >= config.iterations:
+                break
+        epoch += 1
+        if rank == 0 and not config.val_every and val_rows:
+            _validate(model, val_rows, spec, config, device, autocast, history, mlflow, step)
+        _report(model, rank, step, epoch, history)
+
+    if rank == 0:
+        _save_final(model, config, history)
+
+
+def _optional_shard(name: str):
+    import ray.train
+
+    try:
+        return ray.train.get_dataset_shard(name)
+    except (KeyError, ValueError, RuntimeError):
+        return None
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _global_normaliser(norm: torch.Tensor, world: int) -> torch.Tensor:
+    """Global normaliser / world: the averaged DDP gradient then equals the global-batch one."""
+    if world == 1:
+        return norm
+    import torch.distributed as dist
+
+    norm = norm.detach().clone()
+    dist.all_reduce(norm)
+    return norm / world
+
+
+def _global_mean(value: float, world: int) -> float:
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item() / world)
+
+
+def _validate(model, rows, spec, config, device, autocast, history, mlflow, step) -> None:
+    module = model.module if hasattr(model, "module") else model
+    scores = evaluate_model(module, rows, spec, config.num_classes, device, autocast)
+    metrics = {f"val_{k}": v for k, v in scores.items() if k != "per_class_iu"}
+    history.append({"step": step, **metrics})
+    mlflow.log(metrics, step)
+
+
+def _report(model, rank: int, step: int, epoch: int, history: list) -> None:
+    """Per-epoch report to Ray Train, with a checkpoint from rank 0 (Ray persists it)."""
+    import ray.train
+
+    losses = [h["loss"] for h in history if "loss" in h]
+    metrics = {"step": step, "epoch": epoch, "loss": losses[-1] if losses else float("nan")}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    module = model.module if hasattr(model, "module") else model
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(module.state_dict(), Path(tmp) / "model.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _save_final(model, config: TrainConfig, history: list) -> None:
+    """The final model and its training history: the stage's declared DVC outputs."""
+    from pipeline.fsutil import atomic_path
+
+    module = model.module if hasattr(model, "module") else model
+    module = module.to("cpu").to(memory_format=torch.contiguous_format)
+    out = Path(config.out_dir)
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        torch.save(module.state_dict(), tmp / "model.pt")
+        (tmp / "history.json").write_text(json.dumps(history, indent=1))
+        (tmp / "config.json").write_text(json.dumps(asdict(config), indent=1, default=str))
+
+
+class _MlflowLogger:
+    """Logs to the run the stage opened (workers only know its id and the store's URI)."""
+
+    def __init__(self, config: TrainConfig):
+        self.client = None
+        if config.mlflow_uri and config.mlflow_run_id:
+            import mlflow
+
+            self.client = mlflow.MlflowClient(config.mlflow_uri)
+            self.run_id = config.mlflow_run_id
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))
+        ]
+        self.client.log_batch(self.run_id, metrics=items)
+
+
+def train(
+    config: TrainConfig,
+    datasets: dict,
+    *,
+    num_workers: int = 0,
+    cpus_per_worker: float = 1.0,
+    use_gpu: bool = False,
+    storage_path: str | None = None,
+    name: str = "train",
+) -> list[dict]:
+    """Run ``train_loop`` under a TorchTrainer and return the training history."""
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    scaling = ScalingConfig(
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        resources_per_worker={"CPU": cpus_per_worker} if num_workers else None,
+    )
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=asdict(config),
+        scaling_config=scaling,
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path or tempfile.mkdtemp(prefix="densepipe-ray-"),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
+    return json.loads((Path(config.out_dir) / "history.json").read_text())

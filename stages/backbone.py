@@ -1,0 +1,53 @@
+"""DVC stage `backbone`: the classifier weights every FCN starts from.
+
+tiny: pretrain a width-scaled VGG16 classifier on the built-in images (stand-in for ImageNet).
+paper: torchvision's ImageNet VGG16 (or a local state dict). Either way the output is a
+classifier state dict in torchvision's layout, converted to the FCN by the same code.
+"""
+
+import json
+
+import mlflow
+import torch
+
+from pipeline.data.loader import InputSpec
+from pipeline.data.prepare import read_prepared_table
+from pipeline.fsutil import atomic_path
+from pipeline.models.weights import imagenet_state_dict, read_state_dict
+from pipeline.params import choice, load_params, repo_root
+from pipeline.pretrain import PretrainConfig, pretrain_classifier
+from pipeline.tracking import flatten, stage_run
+
+if __name__ == "__main__":
+    params = load_params()
+    root = repo_root()
+    source = choice("backbone.source", params.get("backbone.source"), ("pretrain", "imagenet", "file"))
+    out = root / "models" / "backbone"
+    history = []
+    with stage_run(params, "backbone", tags={"densepipe.kind": "pretrain"}):
+        mlflow.log_params({"backbone.source": source})
+        if source == "pretrain":
+            prepared = root / "data" / "prepared" / params.get("data.dataset")
+            config = PretrainConfig(
+                num_classes=params.get("model.num_classes"),
+                width=params.get("model.width"),
+                **params.section("backbone.pretrain"),
+            )
+            mlflow.log_params(flatten(params.section("backbone.pretrain"), "pretrain."))
+            state, history = pretrain_classifier(
+                read_prepared_table(prepared / "train"),
+                read_prepared_table(prepared / "val"),
+                InputSpec(**params.section("input")),
+                config,
+            )
+            for h in history:
+                mlflow.log_metrics({"loss": h["loss"], "val_f1": h["val_f1"]}, step=h["epoch"])
+        elif source == "imagenet":
+            state = imagenet_state_dict("vgg16")
+        else:
+            state = read_state_dict(params.get("backbone.weights"))
+        with atomic_path(out) as tmp:
+            tmp.mkdir(parents=True)
+            torch.save(state, tmp / "classifier.pt")
+            (tmp / "history.json").write_text(json.dumps(history, indent=1))
+    print(f"backbone ({source}) -> {out}")

@@ -1,0 +1,48 @@
+"""DVC stage `evaluate@<run>`: score a trained model on the val split (FCN metrics).
+
+Writes metrics/<run>.json (DVC metrics) and reports/figures/<run>/ (prediction grid, confusion).
+"""
+
+import json
+import sys
+
+import mlflow
+import torch
+
+from pipeline.data.builtin import VOC_CLASSES
+from pipeline.data.prepare import read_prepared_table
+from pipeline.evaluate import evaluate, write_outputs
+from pipeline.experiment import input_spec, model_dir, train_config
+from pipeline.fsutil import write_text_atomic
+from pipeline.models import build_model
+from pipeline.params import load_params, repo_root
+from pipeline.tracking import stage_run
+
+if __name__ == "__main__":
+    key = sys.argv[1]
+    params = load_params()
+    config = train_config(params, key)
+    root = repo_root()
+    table = read_prepared_table(root / "data" / "prepared" / params.get("data.dataset") / "val")
+    model = build_model(config.model, config.num_classes, **config.model_options)
+    state = torch.load(model_dir(key) / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    scores, hist, kept = evaluate(
+        model,
+        table,
+        input_spec(params),
+        config.num_classes,
+        precision=config.precision,
+        loss_kind=config.loss_kind,
+        keep_examples=params.get("evaluate.num_qualitative"),
+    )
+    figures = root / "reports" / "figures" / key
+    metrics = write_outputs(scores, hist, kept, VOC_CLASSES, figures)
+    metrics["num_images"] = table.num_rows
+    write_text_atomic(root / "metrics" / f"{key}.json", json.dumps(metrics, indent=1) + "\n")
+    with stage_run(params, f"evaluate {key}", tags={"densepipe.kind": "evaluate", "model": key}):
+        mlflow.log_params({"model": config.model, "val_images": table.num_rows})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+        mlflow.log_artifacts(str(figures), artifact_path="figures")
+        mlflow.log_dict(metrics, "metrics.json")
+    print(f"{key}: mean IU {metrics['mean_iu']:.4f}, pixel acc {metrics['pixel_acc']:.4f}")
