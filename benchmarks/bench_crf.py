@@ -6,7 +6,7 @@ the predict stage writes them (image PNG, ``encode_probs`` PNG). Each CPU settin
 local Ray runtime and a warm-up pass (worker start and imports are not CRF cost); the timed pass
 runs the whole Ray Data pipeline (decode, CRF, encode) and materialises the result.
 
-    .venv/bin/python benchmarks/bench_crf.py                # 8 images, CPUs 1 and 2
+    .venv/bin/python benchmarks/bench_crf.py                # 16 images, CPUs 1 and 2
     .venv/bin/python benchmarks/bench_crf.py --images 16 --cpus 1 2 4 --backend pydensecrf
 
 Goal: 2 CPUs >= 1.8x the images/s of 1 CPU (the CRF is single-threaded C++, one row per task).
@@ -78,7 +78,10 @@ def throughput(rows: list[dict], cpus: int, backend: str) -> dict[str, float]:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        warm = ray.data.from_items(rows[:cpus])
+        # steady state: start (and import pydensecrf in) every worker before timing; with
+        # only one row per CPU a second worker may never start, its ~1 s start then lands in
+        # the timed pass
+        warm = ray.data.from_items([rows[i % len(rows)] for i in range(2 * cpus)])
         refine_dataset(warm, backend=backend, rows_per_task=1).materialize()
         ds = ray.data.from_items(rows).materialize()
         t0 = time.perf_counter()
@@ -101,7 +104,7 @@ def throughput(rows: list[dict], cpus: int, backend: str) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--cpus", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--height", type=int, default=375)
     ap.add_argument("--width", type=int, default=500)

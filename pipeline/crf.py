@@ -35,7 +35,7 @@ from pipeline.fsutil import write_text_atomic
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BACKENDS = ("pydensecrf", "torch")
 # Keys of the params.yaml ``crf`` section that configure the stage rather than the model.
-SECTION_KEYS = frozenset({"backend", "search", "num_images", "num_cpus"})
+SECTION_KEYS = frozenset({"backend", "search"})
 
 # Paper §5 coarse grid (MATLAB ranges [5, 10], [50:10:100], [3:1:10]); w2 = σγ = 3 fixed.
 COARSE_GRID: dict[str, list[float]] = {
@@ -43,6 +43,22 @@ COARSE_GRID: dict[str, list[float]] = {
     "sigma_alpha": [float(v) for v in range(50, 101, 10)],
     "sigma_beta": [float(v) for v in range(3, 11)],
 }
+
+
+def _validate(values: Mapping[str, Any], prefix: str) -> None:
+    """Numbers only; weights >= 0, scales > 0, iterations an integer >= 1 (names the key)."""
+    for name, value in values.items():
+        key = f"{prefix}.{name}"
+        if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+            raise ParamsError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ParamsError(f"{key} must be finite, got {value!r}")
+        if name in ("w1", "w2") and value < 0:
+            raise ParamsError(f"{key} must be >= 0, got {value!r}")
+        if name.startswith("sigma") and value <= 0:
+            raise ParamsError(f"{key} must be > 0, got {value!r}")
+        if name == "iterations" and (int(value) != value or value < 1):
+            raise ParamsError(f"{key} must be an integer >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -57,51 +73,33 @@ class CRFParams:
     iterations: int = 10
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self, prefix: str = "crf") -> None:
-        """Weights >= 0, scales > 0, iterations >= 1; the error names ``<prefix>.<key>``."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            key = f"{prefix}.{f.name}"
-            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-                raise ParamsError(f"{key} must be a number, got {value!r}")
-            if not math.isfinite(float(value)):
-                raise ParamsError(f"{key} must be finite, got {value!r}")
-        for name in ("w1", "w2"):
-            if getattr(self, name) < 0:
-                raise ParamsError(f"{prefix}.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("sigma_alpha", "sigma_beta", "sigma_gamma"):
-            if getattr(self, name) <= 0:
-                raise ParamsError(f"{prefix}.{name} must be > 0, got {getattr(self, name)!r}")
-        if int(self.iterations) != self.iterations or self.iterations < 1:
-            raise ParamsError(
-                f"{prefix}.iterations must be an integer >= 1, got {self.iterations!r}"
-            )
+        _validate(asdict(self), "crf")
 
     @classmethod
-    def from_params(cls, section: Mapping[str, Any] | None, prefix: str = "crf") -> CRFParams:
+    def from_params(
+        cls,
+        section: Mapping[str, Any] | None,
+        prefix: str = "crf",
+        ignore: Iterable[str] = SECTION_KEYS,
+    ) -> CRFParams:
         """Build from the params.yaml ``crf`` section; missing keys take the release defaults.
 
-        Unknown keys are errors (a typo like ``sigma_alfa`` would otherwise be silently ignored),
-        except the stage-level keys in ``SECTION_KEYS``.
+        Unknown keys are errors naming ``<prefix>.<key>`` (a typo like ``sigma_alfa`` would
+        otherwise be silently ignored), except the stage-level keys in ``ignore``.
         """
         section = dict(section or {})
-        names = {f.name for f in fields(cls)}
+        names = [f.name for f in fields(cls)]
+        skip = set(ignore)
         for key in section:
-            if key not in names and key not in SECTION_KEYS:
+            if key not in names and key not in skip:
                 raise ParamsError(
-                    f"{prefix}.{key} is not a CRF parameter (expected one of {sorted(names)})"
+                    f"{prefix}.{key} is not a CRF parameter (expected one of {names})"
                 )
         values = {k: section[k] for k in names if k in section}
-        for key, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ParamsError(f"{prefix}.{key} must be a number, got {value!r}")
-        try:
-            params = cls(**{k: v for k, v in values.items()})
-        except ParamsError as exc:
-            raise ParamsError(str(exc).replace("crf.", f"{prefix}.", 1)) from None
-        return replace(params, iterations=int(params.iterations))
+        _validate(values, prefix)
+        if "iterations" in values:
+            values["iterations"] = int(values["iterations"])
+        return cls(**values)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -172,11 +170,12 @@ def refine(
 class _TorchLattice:
     """Permutohedral lattice (Adams et al. 2010) exactly as densecrf builds it, in torch.
 
-    Splat and slice are sparse CSR matrices (N x M, M x N), the blur is d+1 passes of
-    ``v + (v[n1] + v[n2]) / 2`` along the lattice axes; ``alpha = 1 / (1 + 2^-d)`` as in
-    densecrf. Keys are packed into int64 codes (one sort builds the table; neighbours are found
-    by code arithmetic + ``searchsorted``). ``group`` (image index) goes into the code's high
-    bits, so a batch of images shares one lattice yet never exchanges messages.
+    Holds each pixel's d+1 enclosing vertices and barycentric weights, and each vertex's two
+    neighbours along every lattice axis (the blur is ``v + (v[n1] + v[n2]) / 2`` per axis;
+    slicing scales by densecrf's ``alpha = 1 / (1 + 2^-d)``). Keys are packed into int64 codes:
+    one sort builds the table, neighbours are found by code arithmetic + ``searchsorted``.
+    ``group`` (image index) goes into the codes' high bits, so a batch of images shares one
+    lattice yet never exchanges messages.
     """
 
     def __init__(self, features: Any, group: Any = None):
