@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.data.base import decode_image, decode_label, encode_png
 from pipeline.errors import DataError, ParamsError
 from pipeline.fsutil import write_text_atomic
 
@@ -426,7 +427,7 @@ def encode_probs(probs: np.ndarray) -> bytes:
     c, h, w = probs.shape
     q = np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(q.reshape(c * h, w), mode="L").save(buf, format="PNG", compress_level=6)
+    Image.fromarray(q.reshape(c * h, w)).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
@@ -446,26 +447,15 @@ def decode_probs(data: bytes, shape: Sequence[int], source: str = "probs") -> np
     return q.reshape(c, h, w).astype(np.float32) * np.float32(1.0 / 255.0)
 
 
-def encode_label(label: np.ndarray) -> bytes:
-    """HxW uint8 labels -> single-channel PNG (the prepared-data label format)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(label, dtype=np.uint8), mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _decode_image(data: Any, source: str) -> np.ndarray:
     if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3:
         return data
-    from pipeline.data.base import decode_image
-
     return decode_image(bytes(data), source)
 
 
 def _decode_label(data: Any, source: str) -> np.ndarray:
     if isinstance(data, np.ndarray) and data.ndim == 2:
         return data
-    from pipeline.data.base import decode_label
-
     return decode_label(bytes(data), source)
 
 
@@ -505,12 +495,12 @@ def _refine_batch(
             images.append(image)
             scores.append(probs)
             continue
-        out.append(encode_label(refine(image, probs, crf_params, backend)))
+        out.append(encode_png(refine(image, probs, crf_params, backend)))
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     if backend == "torch":
         t0, c0 = time.perf_counter(), time.process_time()
-        out = [encode_label(lab) for lab in refine_torch_batch(images, scores, crf_params)]
+        out = [encode_png(lab) for lab in refine_torch_batch(images, scores, crf_params)]
         n = max(len(out), 1)
         wall = [(time.perf_counter() - t0) / n] * len(out)
         cpu = [(time.process_time() - c0) / n] * len(out)
@@ -677,8 +667,7 @@ def evaluate(
     """One trial, in-process: segmentation scores of the refined examples (dataset-level IU)."""
     from pipeline.metrics.segmentation import segmentation_scores
 
-    exs = [_as_example(e, i) for i, e in enumerate(examples)]
-    _check_classes(exs, num_classes)
+    exs = _prepare(examples, num_classes)
     hist = _evaluate_chunk(exs, list(range(len(exs))), params.to_dict(), backend)
     return segmentation_scores(hist)
 

@@ -12,7 +12,6 @@ from pipeline.crf import (
     backend_from_params,
     coarse_to_fine_search,
     decode_probs,
-    encode_label,
     encode_probs,
     evaluate,
     expand_grid,
@@ -287,11 +286,6 @@ def test_fine_grid_refines_around_best() -> None:
     }
     assert len(expand_grid(g)) == 27
     assert fine_grid(CRFParams(w1=0.5), radius=2)["w1"] == [0.0, 0.5, 1.0, 1.5]
-
-
-def test_encode_label_is_a_grey_png() -> None:
-    lab = np.array([[0, 1], [255, 3]], np.uint8)
-    assert np.array_equal(decode_label(encode_label(lab), "x"), lab)
 
 
 def test_coarse_to_fine_refines_around_coarse_best_under_one_parent(
