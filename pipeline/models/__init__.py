@@ -2,6 +2,7 @@
 
 >>> model = build_model("fcn8s", 21, width=1 / 16)
 >>> groups = param_groups(model, lr=1e-14, weight_decay=5e-4)
+>>> deeplab = build_model("deeplab-largefov", 21, width=1 / 8)
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from torch import nn
 
 from pipeline.errors import ParamsError
+from pipeline.models.deeplab import VARIANTS as _DEEPLAB_VARIANTS
+from pipeline.models.deeplab import DeepLab, deeplab_vgg16
 from pipeline.models.fcn import FCN, param_groups, vgg16_fcn
 from pipeline.models.geometry import describe
 from pipeline.models.vgg import VGG16Classifier
@@ -26,6 +29,7 @@ from pipeline.models.weights import (
 
 __all__ = [
     "FCN",
+    "DeepLab",
     "VGG16Classifier",
     "build_model",
     "convolutionalize",
@@ -52,7 +56,7 @@ def _backbone(arch: str) -> Callable[..., FCN]:
     return build
 
 
-_REGISTRY: dict[str, Callable[..., FCN]] = {
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "fcn32s": partial(vgg16_fcn, "fcn32s"),
     "fcn16s": partial(vgg16_fcn, "fcn16s", skips=("pool4",)),
     "fcn8s": partial(vgg16_fcn, "fcn8s", skips=("pool4", "pool3")),
@@ -64,8 +68,16 @@ _REGISTRY: dict[str, Callable[..., FCN]] = {
     "fcn32s-alexnet": partial(_backbone("alexnet"), "fcn32s-alexnet"),
     "fcn32s-googlenet": partial(_backbone("googlenet"), "fcn32s-googlenet"),
 }
+_DEEPLAB_NAMES = [v + msc for v in _DEEPLAB_VARIANTS for msc in ("", "-msc")]
+_REGISTRY.update({n: partial(deeplab_vgg16, n) for n in _DEEPLAB_NAMES})
 
-_OPTIONS = ("dropout", "learn_upsampling", "fixed_upsampling", "pretrained")
+#: every option some model takes; ``_MODEL_OPTIONS`` says which (default: the FCN ones)
+_OPTIONS = ("dropout", "learn_upsampling", "fixed_upsampling", "pretrained", "msc_train_new_only")
+_FCN_OPTIONS = ("dropout", "learn_upsampling", "fixed_upsampling", "pretrained")
+_MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    n: ("dropout", "pretrained", *(("msc_train_new_only",) if n.endswith("-msc") else ()))
+    for n in _DEEPLAB_NAMES
+}
 
 
 def list_models() -> list[str]:
@@ -78,7 +90,9 @@ def build_model(name: str, num_classes: int, *, width: float = 1.0, **options: A
 
     Options: ``dropout`` (0.5), ``learn_upsampling`` (None = paper: final fixed, intermediate
     learned; True all; False none), ``fixed_upsampling`` (True freezes all), ``pretrained``
-    (None, "imagenet" = torchvision weights, or a path to a classifier or FCN state dict).
+    (None, "imagenet" = torchvision weights, or a path to a classifier or FCN state dict);
+    DeepLab ``-msc`` models: ``msc_train_new_only`` (True: only the MSc layers learn, Section 4.3).
+    DeepLab models take ``dropout`` and ``pretrained`` (fc6/fc7 decimated from the classifier).
     Builds on the current default device, so ``with torch.device("meta"):`` costs no memory.
     """
     if name not in _REGISTRY:
@@ -90,6 +104,12 @@ def build_model(name: str, num_classes: int, *, width: float = 1.0, **options: A
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise ParamsError(f"model: unknown option(s) {unknown}; known options: {list(_OPTIONS)}")
+    allowed = _MODEL_OPTIONS.get(name, _FCN_OPTIONS)
+    foreign = sorted(set(options) - set(allowed))
+    if foreign:
+        raise ParamsError(
+            f"model: option(s) {foreign} do not apply to {name!r}; it takes {list(allowed)}"
+        )
     pretrained = options.pop("pretrained", None)
     if pretrained is not None and not isinstance(pretrained, str | Path):
         raise ParamsError(

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as _DDP
 
 from pipeline.errors import ParamsError
 from pipeline.models import geometry
@@ -300,21 +301,42 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """SGD groups as in Caffe's FCN solver: biases at 2x lr without decay; frozen params left out.
 
-    Extra ``name`` keys ("weights"/"biases") are kept by torch optimizers and help logging.
+    A model may ask for a faster classifier: ``model.head_lr_mult`` (e.g. DeepLab's 10: lr 1e-3,
+    1e-2 for fc8, Caffe ``lr_mult`` 10/20) applies to parameters whose names start with one of
+    ``model.head_prefixes``; they get groups "head_weights"/"head_biases".  Extra ``name`` keys
+    ("weights"/"biases"/...) are kept by torch optimizers and help logging.  A DDP/DataParallel
+    wrapper is looked through.
     """
-    weights: list[nn.Parameter] = []
-    biases: list[nn.Parameter] = []
-    for pname, p in model.named_parameters():
+    core = model.module if isinstance(model, nn.DataParallel | _DDP) else model
+    head_mult = float(getattr(core, "head_lr_mult", 1.0))
+    prefixes = tuple(getattr(core, "head_prefixes", ()))
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
+        (h, b): [] for h in (False, True) for b in (False, True)
+    }
+    for pname, p in core.named_parameters():
         if not p.requires_grad:
             continue
-        (biases if pname.endswith("bias") else weights).append(p)
+        is_head = bool(prefixes) and pname.startswith(prefixes)
+        buckets[(is_head, pname.endswith("bias"))].append(p)
     groups: list[dict[str, Any]] = []
-    if weights:
-        groups.append(
-            {"name": "weights", "params": weights, "lr": lr, "weight_decay": weight_decay}
-        )
-    if biases:
-        groups.append(
-            {"name": "biases", "params": biases, "lr": lr * bias_lr_mult, "weight_decay": 0.0}
-        )
+    for is_head, mult, prefix in ((False, 1.0, ""), (True, head_mult, "head_")):
+        weights, biases = buckets[(is_head, False)], buckets[(is_head, True)]
+        if weights:
+            groups.append(
+                {
+                    "name": f"{prefix}weights",
+                    "params": weights,
+                    "lr": lr * mult,
+                    "weight_decay": weight_decay,
+                }
+            )
+        if biases:
+            groups.append(
+                {
+                    "name": f"{prefix}biases",
+                    "params": biases,
+                    "lr": lr * mult * bias_lr_mult,
+                    "weight_decay": 0.0,
+                }
+            )
     return groups

@@ -259,6 +259,9 @@ def describe(model: nn.Module) -> dict[str, int | float | str]:
         "max_stride": _num(geom.max_stride),
         "output_stride": _num(geom.stride),
     }
+    extra = getattr(model, "describe_extra", None)  # model-specific columns (DeepLab's Table 2)
+    if callable(extra):
+        out.update(extra())
     return out
 
 

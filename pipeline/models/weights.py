@@ -25,6 +25,7 @@ from pipeline.models.vgg import VGG16_CONV_NAMES
 __all__ = [
     "classifier_to_conv_state",
     "convolutionalize",
+    "decimate_fc",
     "fc_to_conv",
     "imagenet_state_dict",
     "init_from_checkpoint",
@@ -189,7 +190,48 @@ def load_vgg16_weights(fcn_model: nn.Module, vgg_state_dict: StateDict) -> list[
     Feature convs by Caffe name, fc6/fc7 reshaped into convs; fc8 is dropped (the FCN is
     "decapitated") and the zero score layers stay zero.  Returns the FCN keys that were loaded.
     """
-    return _load_classifier(fcn_model, classifier_to_conv_state(vgg_state_dict, VGG16_CONV_NAMES))
+    state = classifier_to_conv_state(vgg_state_dict, VGG16_CONV_NAMES)
+    if getattr(fcn_model, "fc_decimation", False):  # DeepLab's smaller fc6/fc7
+        fc6 = fcn_model.head.fc6
+        state = decimate_fc(state, fc6.kernel_size[0], fc6.out_channels)
+    return _load_classifier(fcn_model, state)
+
+
+def decimate_fc(
+    conv_state: StateDict, fc6_kernel: int, fc_channels: int
+) -> OrderedDict[str, torch.Tensor]:
+    """DeepLab Section 3.2: fit the classifier's fc6/fc7 to a smaller fc6 by simple decimation.
+
+    fc6's ``K x K`` taps are subsampled every ``(K - 1)/(k - 1)``-th (7x7 -> 4x4: 0, 2, 4, 6;
+    7x7 -> 3x3: 0, 3, 6), so with input stride ``4 (K - 1)/(k - 1)`` the kept taps sit where they
+    sat in the classifier (DeepLab-4x4, LargeFOV).  Channels are decimated to ``fc_channels``
+    by keeping every ``n``-th filter (4096 -> 1024: every 4th), fc6's outputs and fc7's inputs
+    and outputs alike.  fc8 (the ImageNet classes) is dropped.
+    """
+    w6, b6 = conv_state["fc6.weight"], conv_state["fc6.bias"]
+    w7, b7 = conv_state["fc7.weight"], conv_state["fc7.bias"]
+    big = w6.shape[-1]
+    if fc6_kernel == big:
+        tap = 1
+    elif fc6_kernel > 1 and fc6_kernel < big and (big - 1) % (fc6_kernel - 1) == 0:
+        tap = (big - 1) // (fc6_kernel - 1)
+    else:
+        raise ParamsError(
+            f"cannot decimate a {big}x{big} fc6 to {fc6_kernel}x{fc6_kernel}: "
+            f"{big - 1} is not a multiple of {fc6_kernel - 1}"
+        )
+    if w6.shape[0] % fc_channels or w7.shape[0] % fc_channels:
+        raise ParamsError(
+            f"cannot decimate fc6/fc7 from {w6.shape[0]}/{w7.shape[0]} to {fc_channels} "
+            "channels: not a whole step (wrong width?)"
+        )
+    s6, s7 = w6.shape[0] // fc_channels, w7.shape[0] // fc_channels
+    out = OrderedDict((k, v) for k, v in conv_state.items() if not k.startswith("fc8."))
+    out["fc6.weight"] = w6[::s6, :, ::tap, ::tap].contiguous()
+    out["fc6.bias"] = b6[::s6].contiguous()
+    out["fc7.weight"] = w7[::s7, ::s6].contiguous()
+    out["fc7.bias"] = b7[::s7].contiguous()
+    return out
 
 
 def _load_classifier(fcn_model: nn.Module, conv_state: StateDict) -> list[str]:
