@@ -19,6 +19,7 @@ from pipeline.models.deeplab import VARIANTS as _DEEPLAB_VARIANTS
 from pipeline.models.deeplab import DeepLab, deeplab_vgg16
 from pipeline.models.fcn import FCN, param_groups, vgg16_fcn
 from pipeline.models.geometry import describe
+from pipeline.models.pixelnet import PixelNet, pixelnet_vgg16
 from pipeline.models.vgg import VGG16Classifier
 from pipeline.models.weights import (
     convolutionalize,
@@ -30,6 +31,7 @@ from pipeline.models.weights import (
 __all__ = [
     "FCN",
     "DeepLab",
+    "PixelNet",
     "VGG16Classifier",
     "build_model",
     "convolutionalize",
@@ -70,14 +72,17 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 _DEEPLAB_NAMES = [v + msc for v in _DEEPLAB_VARIANTS for msc in ("", "-msc")]
 _REGISTRY.update({n: partial(deeplab_vgg16, n) for n in _DEEPLAB_NAMES})
+_REGISTRY["pixelnet"] = pixelnet_vgg16  # options: layers, mlp, sampling (pixelnet.py)
 
 #: every option some model takes; ``_MODEL_OPTIONS`` says which (default: the FCN ones)
 _OPTIONS = ("dropout", "learn_upsampling", "fixed_upsampling", "pretrained", "msc_train_new_only")
+_OPTIONS += ("layers", "mlp", "sampling")  # PixelNet
 _FCN_OPTIONS = ("dropout", "learn_upsampling", "fixed_upsampling", "pretrained")
 _MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     n: ("dropout", "pretrained", *(("msc_train_new_only",) if n.endswith("-msc") else ()))
     for n in _DEEPLAB_NAMES
 }
+_MODEL_OPTIONS["pixelnet"] = ("dropout", "pretrained", "layers", "mlp", "sampling")
 
 
 def list_models() -> list[str]:
