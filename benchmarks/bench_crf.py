@@ -47,11 +47,17 @@ def in_process_latency(rows: list[dict], classes: int, backend: str, repeats: in
     from pipeline.crf import decode_probs
     from pipeline.data.base import decode_image
 
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(1)  # one core, like a 1-CPU Ray task (Ray sets OMP_NUM_THREADS)
     out = []
     for row in rows[:repeats]:
         h, w = row["height"], row["width"]
         image = decode_image(row["image"], row["id"])
         probs = decode_probs(row["probs"], (classes, h, w))
+        if not out:  # warm-up: imports and first-call allocations are not CRF cost
+            refine(image, probs, CRFParams(), backend)
         t0 = time.perf_counter()
         refine(image, probs, CRFParams(), backend)
         out.append(time.perf_counter() - t0)
