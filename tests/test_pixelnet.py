@@ -112,11 +112,25 @@ def test_sampled_feature_equals_dense_upsampled(stride: int, h: int, w: int) -> 
     sampled = sample_features(feat, pts, tap)
     dense = ref.permute(0, 2, 3, 1)[pts[:, 0], pts[:, 1], pts[:, 2]]
     torch.testing.assert_close(sampled, dense, atol=1e-5, rtol=1e-5)
-    grid = upsample_rows(feat, tap, torch.arange(H), W_)
+    grid = upsample_rows(feat, tap, range(H), W_)
     torch.testing.assert_close(grid, ref.permute(0, 2, 3, 1), atol=1e-5, rtol=1e-5)
+    for r0, r1 in ((0, 1), (1, 1 + stride), (3, H), (H - 1, H)):  # bands, incl. past the last unit
+        band = upsample_rows(feat, tap, range(r0, r1), W_)
+        torch.testing.assert_close(band, grid[:, r0:r1], atol=1e-5, rtol=1e-5)
     # channels_last input gives the same (the gather reads a no-copy view)
     cl = sample_features(feat.contiguous(memory_format=torch.channels_last), pts, tap)
     torch.testing.assert_close(cl, sampled)
+
+
+def test_off_grid_tap_dense_equals_sampled() -> None:
+    """A grid not on torch's half-pixel convention takes the explicit gather path."""
+    tap = Tap("t", 4, 4, 0.25, -0.2)
+    feat = torch.randn(2, 4, 5, 6)
+    grid = upsample_rows(feat, tap, range(2, 21), 26)
+    pts = all_points(2, 21, 26)
+    pts = pts[pts[:, 1] >= 2]
+    dense = grid[pts[:, 0], pts[:, 1] - 2, pts[:, 2]]
+    torch.testing.assert_close(sample_features(feat, pts, tap), dense, atol=1e-5, rtol=1e-5)
 
 
 def test_sampling_gradient_is_the_interpolation_adjoint() -> None:
