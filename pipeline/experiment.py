@@ -29,14 +29,18 @@ def init_path(init: str | None, root: Path | None = None) -> str | None:
     return str(model_dir(init, root) / "model.pt")
 
 
-def train_config(params: Params, key: str, root: Path | None = None) -> TrainConfig:
-    """Resolve ``train.common`` + ``train.<key>`` into a validated TrainConfig."""
+def train_config(
+    params: Params, key: str, init: str | None = None, root: Path | None = None
+) -> TrainConfig:
+    """Resolve ``train.common`` + ``train.<key>`` into a validated TrainConfig.
+
+    ``init`` (from dvc.yaml, where the staged order lives): ``backbone`` or a model key.
+    """
     if key not in params.section("train") or key == "common":
         known = [k for k in params.section("train") if k != "common"]
         raise ParamsError(f"train.{key}: no such training run; known: {known}")
     merged = {**params.section("train.common"), **params.section(f"train.{key}")}
     model = merged.pop("model", key)
-    init = merged.pop("init", None)
     options = merged.pop("model_options", {}) or {}
     choice(f"train.{key}.optimizer", merged.get("optimizer"), OPTIMIZERS)
     choice(f"train.{key}.precision", merged.get("precision"), PRECISIONS)

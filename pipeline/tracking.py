@@ -59,8 +59,14 @@ def setup(params: Params) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(tracking_uri(params))
-    return mlflow.set_experiment(params.get("mlflow.experiment")).experiment_id
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    name = params.get("mlflow.experiment")
+    if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(name) is None:
+        # artifacts beside the database, not in whatever directory the process runs in
+        store = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+        mlflow.create_experiment(name, artifact_location=store.as_uri())
+    return mlflow.set_experiment(name).experiment_id
 
 
 def _parent_run_id(experiment_id: str, group: str) -> str:

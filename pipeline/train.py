@@ -46,6 +46,7 @@ class TrainConfig:
     loss_kind: str = "softmax"
     loss_reduction: str = "image"
     loss_sample_p: float = 1.0
+    task: str = "segmentation"  # for models with their own sampled loss (PixelNet)
     precision: str = "fp32"  # fp32 | bf16
     channels_last: bool = False
     augment: dict = field(default_factory=dict)
@@ -65,6 +66,37 @@ def build_for_training(config: TrainConfig) -> torch.nn.Module:
     return build_model(
         config.model, config.num_classes, pretrained=config.init, **config.model_options
     )
+
+
+class LossModule(torch.nn.Module):
+    """Model + loss in one forward, so DDP sees the whole computation.
+
+    Dense models (FCN, DeepLab) get the per-pixel loss; a DeepLab model trains on stride-8 scores
+    against labels subsampled to that grid (``subsample_labels``). A model that samples its own
+    training pixels (PixelNet) provides ``training_loss`` and is used as is.
+    """
+
+    def __init__(self, net: torch.nn.Module, config: TrainConfig):
+        super().__init__()
+        self.net = net
+        self.config = config
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, generator=None):
+        cfg = self.config
+        if hasattr(self.net, "training_loss"):
+            return self.net.training_loss(x, y, task=cfg.task, generator=generator)
+        logits = self.net(x)
+        if logits.shape[-2:] != y.shape[-2:]:
+            y = self.net.subsample_labels(y, logits)
+        keep = None
+        if cfg.loss_sample_p < 1.0:
+            keep = sample_mask(y, cfg.loss_sample_p, stride=_output_stride(self.net, x, logits))
+        return pixel_loss(logits, y, cfg.loss_kind, cfg.loss_reduction, keep)
+
+
+def _output_stride(net, x, logits) -> int:
+    """Size of one final-layer cell in label pixels (loss sampling drops whole cells)."""
+    return int(getattr(net, "output_stride", 32)) if logits.shape[-1] == x.shape[-1] else 1
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -107,11 +139,13 @@ def train_loop(cfg: dict) -> None:
     spec, augment = InputSpec(**config.input), Augment(**config.augment)
     rng = np.random.default_rng([config.seed, rank])
 
-    model = build_for_training(config)
+    net = build_for_training(config)
     if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)
+    model = LossModule(net, config)
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(net, config)
+    generator = torch.Generator().manual_seed(config.seed + rank)
     dtype = torch.bfloat16 if config.precision == "bf16" else None
 
     def autocast():
@@ -144,17 +178,11 @@ def train_loop(cfg: dict) -> None:
             x, y = x.to(device), y.to(device)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            keep = None
-            if config.loss_sample_p < 1.0:
-                keep = sample_mask(y, config.loss_sample_p, stride=32)
             last_micro = (micro + 1) % config.accumulate == 0
             sync = model.no_sync() if (world > 1 and not last_micro) else _nullcontext()
             with sync:
                 with autocast():
-                    logits = model(x)
-                total, norm = pixel_loss(
-                    logits, y, config.loss_kind, config.loss_reduction, keep
-                )
+                    total, norm = model(x, y, generator)
                 norm = _global_normaliser(norm, world)
                 loss = total / norm / config.accumulate
                 loss.backward()
@@ -172,16 +200,16 @@ def train_loop(cfg: dict) -> None:
                 if step % config.log_every == 0 or step == 1:
                     mlflow.log({"train_loss": step_loss}, step)
                 if config.val_every and step % config.val_every == 0 and val_rows:
-                    _validate(model, val_rows, spec, config, device, autocast, history, mlflow, step)
+                    _validate(net, val_rows, spec, config, device, autocast, history, mlflow, step)
             if step >= config.iterations:
                 break
         epoch += 1
         if rank == 0 and not config.val_every and val_rows:
-            _validate(model, val_rows, spec, config, device, autocast, history, mlflow, step)
-        _report(model, rank, step, epoch, history)
+            _validate(net, val_rows, spec, config, device, autocast, history, mlflow, step)
+        _report(net, rank, step, epoch, history)
 
     if rank == 0:
-        _save_final(model, config, history)
+        _save_final(net, config, history)
 
 
 def _optional_shard(name: str):
@@ -222,15 +250,14 @@ def _global_mean(value: float, world: int) -> float:
     return float(t.item() / world)
 
 
-def _validate(model, rows, spec, config, device, autocast, history, mlflow, step) -> None:
-    module = model.module if hasattr(model, "module") else model
-    scores = evaluate_model(module, rows, spec, config.num_classes, device, autocast)
+def _validate(net, rows, spec, config, device, autocast, history, mlflow, step) -> None:
+    scores = evaluate_model(net, rows, spec, config.num_classes, device, autocast)
     metrics = {f"val_{k}": v for k, v in scores.items() if k != "per_class_iu"}
     history.append({"step": step, **metrics})
     mlflow.log(metrics, step)
 
 
-def _report(model, rank: int, step: int, epoch: int, history: list) -> None:
+def _report(net, rank: int, step: int, epoch: int, history: list) -> None:
     """Per-epoch report to Ray Train, with a checkpoint from rank 0 (Ray persists it)."""
     import ray.train
 
@@ -239,18 +266,16 @@ def _report(model, rank: int, step: int, epoch: int, history: list) -> None:
     if rank != 0:
         ray.train.report(metrics)
         return
-    module = model.module if hasattr(model, "module") else model
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(module.state_dict(), Path(tmp) / "model.pt")
+        torch.save(net.state_dict(), Path(tmp) / "model.pt")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _save_final(model, config: TrainConfig, history: list) -> None:
+def _save_final(net, config: TrainConfig, history: list) -> None:
     """The final model and its training history: the stage's declared DVC outputs."""
     from pipeline.fsutil import atomic_path
 
-    module = model.module if hasattr(model, "module") else model
-    module = module.to("cpu").to(memory_format=torch.contiguous_format)
+    module = net.to("cpu").to(memory_format=torch.contiguous_format)
     out = Path(config.out_dir)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)

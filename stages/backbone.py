@@ -41,7 +41,7 @@ if __name__ == "__main__":
                 config,
             )
             for h in history:
-                mlflow.log_metrics({"loss": h["loss"], "val_f1": h["val_f1"]}, step=h["epoch"])
+                mlflow.log_metrics({"loss": h["loss"], "val_acc": h["val_acc"]}, step=h["epoch"])
         elif source == "imagenet":
             state = imagenet_state_dict("vgg16")
         else:

@@ -1,6 +1,9 @@
-"""DVC stage `train@<run>`: train one model with Ray Train (settings: train.common + train.<run>)."""
+"""DVC stage `train@<run>`: train one model with Ray Train (settings: train.common + train.<run>).
 
-import sys
+Usage: python stages/train.py RUN --init {backbone|OTHER_RUN}
+"""
+
+import argparse
 
 import mlflow
 
@@ -13,9 +16,13 @@ from pipeline.tracking import flatten, stage_run, tracking_uri
 from pipeline.train import train
 
 if __name__ == "__main__":
-    key = sys.argv[1]
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run", help="a key of the train section of params.yaml")
+    parser.add_argument("--init", default=None, help="backbone, or the run whose model to start from")
+    args = parser.parse_args()
+    key = args.run
     params = load_params()
-    config = train_config(params, key)  # validates params before any expensive work
+    config = train_config(params, key, init=args.init)  # validates params before any expensive work
     prepared = repo_root() / "data" / "prepared" / params.get("data.dataset")
     ray_params = params.section("ray")
     init_ray(params)

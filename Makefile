@@ -1,0 +1,47 @@
+# densepipe: `make repro` runs the embedded default, `make test` runs the test suite.
+# Both create .venv when needed and install the project into it.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+# one id per `make repro`, so MLflow groups that invocation's runs under one parent
+RUN_GROUP := repro-$(shell date -u +%Y%m%dT%H%M%S)
+
+.PHONY: repro test lint format install bench mlflow-ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch/torchvision first, pinned: pip takes them from the local wheel cache here
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+repro: $(STAMP)
+	DENSEPIPE_RUN_GROUP=$(RUN_GROUP) $(BIN)/dvc repro
+	@echo "Results: reports/results.md   MLflow UI: make mlflow-ui"
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q -ra --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline stages tests benchmarks
+	$(BIN)/ruff format --check pipeline stages tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format pipeline stages tests benchmarks
+	$(BIN)/ruff check --fix pipeline stages tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/pip install -q --no-deps torchfcn
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db)
+
+clean:
+	rm -rf data models metrics reports/figures reports/results.md ray_results mlflow.db mlartifacts

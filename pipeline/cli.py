@@ -1,0 +1,113 @@
+"""The ``densepipe`` command: the library's one-off tools (pipeline stages run through DVC)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.errors import DensepipeError
+
+
+def _describe(args: argparse.Namespace) -> None:
+    import torch
+
+    from pipeline.models import build_model
+    from pipeline.models.geometry import describe
+
+    with torch.device("meta"):  # full-width nets without allocating their weights
+        model = build_model(args.model, args.num_classes, width=args.width)
+    print(json.dumps(describe(model), indent=1))
+
+
+def _models(args: argparse.Namespace) -> None:
+    from pipeline.models import list_models
+
+    print("\n".join(list_models()))
+
+
+def _download(args: argparse.Namespace) -> None:
+    from pipeline.data.download import fetch
+
+    out = fetch(args.name, Path(args.root), from_dir=args.from_dir, force=args.force)
+    print(out)
+
+
+def _upper_bound(args: argparse.Namespace) -> None:
+    from pipeline.analysis.upper_bound import upper_bound
+    from pipeline.data.base import read_split_file
+
+    ids = read_split_file(Path(args.split))
+    result = upper_bound(Path(args.labels), ids, args.factors, method=args.method)
+    print(json.dumps(result, indent=1, default=float))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.analysis.upper_bound import DEFAULT_METHOD, METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="densepipe",
+        description="densepipe: FCN, DeepLab v1 and PixelNet. The pipeline itself runs with "
+        "`dvc repro` (see README.md); these are its stand-alone tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the model names build_model accepts")
+    p.set_defaults(func=_models)
+
+    p = sub.add_parser(
+        "describe",
+        help="conv layers, parameters, receptive field and max stride of a model "
+        "(computed from its module graph)",
+    )
+    p.add_argument("model", help="a model name (see `densepipe models`)")
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--width", type=float, default=1.0, help="channel scale (1.0 = the paper's)")
+    p.set_defaults(func=_describe)
+
+    p = sub.add_parser(
+        "download",
+        help="download, verify (md5/sha256) and extract a dataset from pipeline/data/sources.yaml",
+    )
+    p.add_argument("name", help="source name, e.g. voc2012, sbd, nyudv2, siftflow, bsds500")
+    p.add_argument("--root", default="data/downloads", help="where archives and extracted data go")
+    p.add_argument(
+        "--from",
+        dest="from_dir",
+        type=Path,
+        default=None,
+        help="take already-downloaded archives from this folder (clusters without internet)",
+    )
+    p.add_argument("--force", action="store_true", help="re-extract even if already done")
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser(
+        "upper-bound",
+        help="FCN §6.3: mean IU upper bound when labels are predicted at a coarser stride",
+    )
+    p.add_argument("--labels", required=True, help="folder of label PNGs (class indices, 255 void)")
+    p.add_argument("--split", required=True, help="file listing the ids to use")
+    p.add_argument("--factors", type=int, nargs="+", default=[128, 64, 32, 16, 8, 4])
+    p.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        choices=list(METHODS) + ["nearest"],
+        help=f"how labels are downsampled (default {DEFAULT_METHOD})",
+    )
+    p.set_defaults(func=_upper_bound)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DensepipeError as exc:
+        print(f"densepipe: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
