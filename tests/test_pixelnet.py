@@ -333,6 +333,19 @@ def test_registry_options() -> None:
             build_model("pixelnet", 2, width=W, **bad)
 
 
+def test_describe_and_numpy_generator() -> None:
+    from pipeline.models import describe
+
+    d = describe(tiny())
+    assert d["max_stride"] == 32 and d["output_stride"] == 1 and d["conv_layers"] == 15
+    assert d["hypercolumn_channels"] == 8 + 16 + 32 + 64 + 64 + 512
+    model = tiny(sampling={"per_image": 10})
+    y = torch.randint(0, 5, (2, 32, 32))
+    a = model.sample(y, generator=np.random.default_rng(4))
+    b = model.sample(y, generator=np.random.default_rng(4))
+    assert torch.equal(a, b) and len(a) == 20
+
+
 def test_pretrained_classifier_weights_load_into_trunk_and_conv7(tmp_path) -> None:
     torch.manual_seed(1)
     clf = VGG16Classifier(num_classes=10, width=W)

@@ -276,6 +276,22 @@ class PixelNet(nn.Module):
     def max_stride(self) -> int:
         return max(t.stride for t in self.taps)
 
+    def trunk(self) -> nn.Sequential:
+        """Input -> deepest tapped layer, sharing this model's modules (for ``describe``)."""
+        layers = OrderedDict(self.backbone.named_children())
+        if isinstance(self.head, nn.Sequential):
+            layers.update(self.head.named_children())
+        return nn.Sequential(layers)
+
+    def describe_extra(self) -> dict[str, int | str]:
+        """PixelNet columns for ``describe``: it predicts at every pixel (output stride 1)."""
+        return {
+            "hypercolumn": "+".join(self.layers),
+            "hypercolumn_channels": self.hypercolumn_channels,
+            "mlp_fc_layers": len(self.hidden) + 1,
+            "output_stride": 1,
+        }
+
     # -- features ------------------------------------------------------------------------------
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -367,7 +383,10 @@ class PixelNet(nn.Module):
     # -- training ------------------------------------------------------------------------------
 
     def sample(
-        self, y: torch.Tensor, task: str = "segmentation", generator: torch.Generator | None = None
+        self,
+        y: torch.Tensor,
+        task: str = "segmentation",
+        generator: torch.Generator | np.random.Generator | None = None,
     ) -> torch.Tensor:
         """Training points for targets ``y`` by the model's ``sampling`` settings.
 
@@ -375,6 +394,9 @@ class PixelNet(nn.Module):
         """
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; known: {TASKS}")
+        if isinstance(generator, np.random.Generator):  # the training loop's numpy rng
+            seed = int(generator.integers(2**63 - 1))
+            generator = torch.Generator().manual_seed(seed)
         cfg = self.sampling
         valid = valid_pixels(y)
         counts = allocate(cfg.per_image, valid.shape[0], cfg.spread)
@@ -394,7 +416,7 @@ class PixelNet(nn.Module):
         y: torch.Tensor,
         *,
         task: str = "segmentation",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | np.random.Generator | None = None,
         reduction: str = "pixel",
         scorer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
