@@ -59,6 +59,7 @@ def train_config(
             **options,
         },
         init=init_path(init, root),
+        reset_head=init == "backbone" and params.get("backbone.transfer") == "features",
         input=dict(params.section("input")),
         **merged,
     )

@@ -36,6 +36,7 @@ class TrainConfig:
     out_dir: str  # absolute: workers run in another directory
     model_options: dict = field(default_factory=dict)  # width, dropout, ... for build_model
     init: str | None = None  # classifier or coarser-FCN state dict to start from (absolute)
+    reset_head: bool = False  # re-initialise fc6/fc7 after loading a classifier (see backbone)
     optimizer: str = "sgd"  # sgd | adam
     lr: float = 1e-10
     momentum: float = 0.99
@@ -62,10 +63,14 @@ class TrainConfig:
 def build_for_training(config: TrainConfig) -> torch.nn.Module:
     """The model with its starting weights (shared by training and the equivalence tests)."""
     from pipeline.models import build_model
+    from pipeline.models.vgg import init_convs
 
-    return build_model(
+    net = build_model(
         config.model, config.num_classes, pretrained=config.init, **config.model_options
     )
+    if config.reset_head and hasattr(net, "head"):
+        init_convs(net.head)
+    return net
 
 
 class LossModule(torch.nn.Module):

@@ -50,11 +50,9 @@ def _unwrap_data_error(exc: BaseException) -> DataError | None:
         if isinstance(e, DataError):
             return e
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    text = str(exc)
-    if "DataError" in text:
-        line = next(ln for ln in text.splitlines() if "DataError" in ln)
-        return DataError(line.split("DataError:", 1)[-1].strip())
-    return None
+    prefix = "pipeline.errors.DataError:"
+    lines = [ln for ln in str(exc).splitlines() if ln.strip().startswith(prefix)]
+    return DataError(lines[-1].strip().removeprefix(prefix).strip()) if lines else None
 
 
 def prepare_split(dataset: Dataset, root: Path, split: str, out_dir: Path) -> int:
@@ -70,6 +68,7 @@ def prepare_split(dataset: Dataset, root: Path, split: str, out_dir: Path) -> in
         raise DataError(f"split {split!r} of {root} lists duplicate ids")
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    ctx.raise_original_map_exception = True  # a bad file surfaces as our DataError
     ctx.enable_progress_bars = True
     num_blocks = max(1, math.ceil(len(ids) / ROWS_PER_SHARD))
     root = Path(root)
