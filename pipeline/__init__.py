@@ -1,3 +1,3 @@
-"""densepipe: reference implementations of FCN, DeepLab v1 and PixelNet as a reproducible pipeline."""
+"""densepipe: FCN, DeepLab v1 and PixelNet as one reproducible pipeline."""
 
 __version__ = "0.1.0"

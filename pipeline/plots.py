@@ -80,6 +80,13 @@ def confusion(hist: np.ndarray, classes: tuple[str, ...], path: Path) -> None:
     ax.set_ylabel("truth")
     for (i, j), v in np.ndenumerate(norm):
         if v >= 0.01:
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if v > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if v > 0.5 else "black",
+            )
     _save(fig, Path(path))

@@ -5,8 +5,10 @@ minutes-long budget (``shared/notes/tiny-default.md``), exactly as the paper's r
 (ImageNet classifier -> convolutionalize -> fine-tune) predicts. So the tiny profile first
 trains the same trunk as an ImageNet-style classifier of object-centred patches of the built-in
 images (the class is the label at the patch centre), which learns within seconds where a
-multi-label "which classes are present?" classifier of whole images did not. The result is a state dict in torchvision's VGG16 layout, which the FCNs load through the
-same conversion code as torchvision's ImageNet weights.
+multi-label "which classes are present?" classifier of whole images did not. The result is a
+state dict in torchvision's VGG16 layout, which the FCNs load through the same conversion code
+as torchvision's ImageNet weights. (Its fc6 saw one pool5 cell replicated 7x7, so it is blind
+to position: the tiny profile transfers the conv trunk only, ``backbone.transfer: features``.)
 """
 
 from __future__ import annotations
@@ -105,8 +107,12 @@ def pretrain_classifier(
             losses.append(loss.item())
         acc = _accuracy(model, x_val, y_val, dtype)
         history.append(
-            {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_acc": acc,
-             "time": time.time() - t0}
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "val_acc": acc,
+                "time": time.time() - t0,
+            }
         )
     return model.state_dict(), history
 

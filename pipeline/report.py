@@ -33,8 +33,11 @@ def fcn_table(ours: dict[str, dict], table: dict, provenance: str) -> str:
         "",
         f"Ours: {provenance}. Paper: {table['source']}.",
         "",
-        "| model | " + " | ".join(f"{h} (ours)" for h in HEADERS) + " | "
-        + " | ".join(f"{h} (paper)" for h in HEADERS) + " |",
+        "| model | "
+        + " | ".join(f"{h} (ours)" for h in HEADERS)
+        + " | "
+        + " | ".join(f"{h} (paper)" for h in HEADERS)
+        + " |",
         "|---" * (1 + 2 * len(METRICS)) + "|",
     ]
     for model, metrics in ours.items():

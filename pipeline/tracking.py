@@ -50,7 +50,9 @@ def group_id(root: Path | None = None) -> str:
     except (subprocess.CalledProcessError, FileNotFoundError):
         sha = "nogit"
     params_file = root / "params.yaml"
-    digest = hashlib.sha256(params_file.read_bytes()).hexdigest()[:8] if params_file.exists() else ""
+    digest = (
+        hashlib.sha256(params_file.read_bytes()).hexdigest()[:8] if params_file.exists() else ""
+    )
     return f"{sha}-{digest}"
 
 

@@ -21,7 +21,9 @@ from pipeline.tracking import flatten, stage_run
 if __name__ == "__main__":
     params = load_params()
     root = repo_root()
-    source = choice("backbone.source", params.get("backbone.source"), ("pretrain", "imagenet", "file"))
+    source = choice(
+        "backbone.source", params.get("backbone.source"), ("pretrain", "imagenet", "file")
+    )
     out = root / "models" / "backbone"
     history = []
     with stage_run(params, "backbone", tags={"densepipe.kind": "pretrain"}):

@@ -18,7 +18,9 @@ from pipeline.train import train
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run", help="a key of the train section of params.yaml")
-    parser.add_argument("--init", default=None, help="backbone, or the run whose model to start from")
+    parser.add_argument(
+        "--init", default=None, help="backbone, or the run whose model to start from"
+    )
     args = parser.parse_args()
     key = args.run
     params = load_params()
@@ -27,7 +29,9 @@ if __name__ == "__main__":
     ray_params = params.section("ray")
     init_ray(params)
     with stage_run(params, f"train {key}", tags={"densepipe.kind": "train", "model": key}) as run:
-        mlflow.log_params(flatten({**params.section("train.common"), **params.section(f"train.{key}")}))
+        mlflow.log_params(
+            flatten({**params.section("train.common"), **params.section(f"train.{key}")})
+        )
         mlflow.log_params({"model": config.model, "init": config.init, **config.model_options})
         config.mlflow_uri, config.mlflow_run_id = tracking_uri(params), run.info.run_id
         history = train(

@@ -24,7 +24,9 @@ def test_layout_and_determinism(tmp_path):
     a = write_builtin_voc(tmp_path / "a", SPEC, progress=False)
     b = write_builtin_voc(tmp_path / "b", SPEC, progress=False)
     assert _digest(a) == _digest(b)
-    assert (a / "ImageSets/Segmentation/train.txt").read_text().split() == VOC().list_ids(a, "train")
+    assert (a / "ImageSets/Segmentation/train.txt").read_text().split() == VOC().list_ids(
+        a, "train"
+    )
     assert len(VOC().list_ids(a, "val")) == 3
     ex = VOC().load_example(a, VOC().list_ids(a, "train")[0])
     assert (ex["height"], ex["width"]) == (48, 48)

@@ -1,11 +1,11 @@
 """params.yaml resolution and validation: errors name the key."""
 
 import pytest
+from tests_helpers import REPO
 
 from pipeline.errors import ParamsError
 from pipeline.experiment import train_config
 from pipeline.params import Params, load_params, resolve
-from tests_helpers import REPO
 
 
 def test_profile_values_resolve():

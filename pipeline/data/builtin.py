@@ -147,7 +147,10 @@ def write_builtin_voc(root: Path, spec: BuiltinSpec, progress: bool = True) -> P
         voc = tmp / "VOC2012"
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (voc / sub).mkdir(parents=True)
-        splits = {"train": range(spec.num_train), "val": range(spec.num_train, spec.num_train + spec.num_val)}
+        splits = {
+            "train": range(spec.num_train),
+            "val": range(spec.num_train, spec.num_train + spec.num_val),
+        }
         total = spec.num_train + spec.num_val
         bar = tqdm(total=total, desc="builtin data", disable=not progress, unit="img")
         for split, indices in splits.items():

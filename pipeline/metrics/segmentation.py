@@ -16,9 +16,9 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> n
     truth = np.asarray(truth).ravel().astype(np.int64)
     pred = np.asarray(pred).ravel().astype(np.int64)
     keep = (truth >= 0) & (truth < num_classes)
-    return np.bincount(
-        num_classes * truth[keep] + pred[keep], minlength=num_classes**2
-    ).reshape(num_classes, num_classes)
+    return np.bincount(num_classes * truth[keep] + pred[keep], minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
 
 
 def segmentation_scores(hist: np.ndarray) -> dict:
