@@ -14,6 +14,7 @@ from pipeline.train import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16")
+LR_POLICIES = ("fixed", "step", "poly")
 
 
 def model_dir(name: str, root: Path | None = None) -> Path:
@@ -44,6 +45,7 @@ def train_config(
     options = merged.pop("model_options", {}) or {}
     choice(f"train.{key}.optimizer", merged.get("optimizer"), OPTIMIZERS)
     choice(f"train.{key}.precision", merged.get("precision"), PRECISIONS)
+    choice(f"train.{key}.lr_policy", merged.get("lr_policy", "fixed"), LR_POLICIES)
     for k in ("lr", "batch_size", "iterations", "accumulate"):
         positive(f"train.{key}.{k}", merged.get(k), kind=float)
     p = merged.get("loss_sample_p", 1.0)

@@ -39,6 +39,10 @@ class TrainConfig:
     reset_head: bool = False  # re-initialise fc6/fc7 after loading a classifier (see backbone)
     optimizer: str = "sgd"  # sgd | adam
     lr: float = 1e-10
+    lr_policy: str = "fixed"  # fixed | step (x lr_gamma every lr_step) | poly ((1 - t/T)^lr_power)
+    lr_step: int = 2000  # optimizer steps between decays (step)
+    lr_gamma: float = 0.1
+    lr_power: float = 0.9
     momentum: float = 0.99
     weight_decay: float = 5e-4
     batch_size: int = 1  # global images per forward pass (all workers together)
@@ -116,6 +120,21 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     raise ValueError(f"unknown optimizer {config.optimizer!r} (sgd | adam)")
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    """The lr policy as a torch scheduler stepped once per optimizer step (None: fixed)."""
+    from torch.optim import lr_scheduler
+
+    if config.lr_policy == "fixed":
+        return None
+    if config.lr_policy == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    if config.lr_policy == "poly":
+        return lr_scheduler.PolynomialLR(
+            optimizer, total_iters=config.iterations, power=config.lr_power
+        )
+    raise ValueError(f"unknown lr_policy {config.lr_policy!r} (fixed | step | poly)")
+
+
 def evaluate_model(model, rows, spec: InputSpec, num_classes: int, device, autocast) -> dict:
     """Mean IU etc. of ``model`` over prepared rows (batch 1: images keep their own size)."""
     model.eval()
@@ -150,6 +169,7 @@ def train_loop(cfg: dict) -> None:
     model = LossModule(net, config)
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
     optimizer = make_optimizer(net, config)
+    scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed + rank)
     dtype = torch.bfloat16 if config.precision == "bf16" else None
 
@@ -197,6 +217,8 @@ def train_loop(cfg: dict) -> None:
                 continue
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
             step += 1
             step_loss = _global_mean(sum(running) / len(running), world)
             running = []
