@@ -1,16 +1,23 @@
 """DVC stage `report`: reports/results.md, our numbers beside the papers'."""
 
-import sys
+import argparse
 
 from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, repo_root
-from pipeline.report import fcn_table, load_metrics, reference
+from pipeline.report import deeplab_table, fcn_table, load_metrics, reference
 
 if __name__ == "__main__":
     params = load_params()
     root = repo_root()
-    keys = sys.argv[1:]
-    ours = load_metrics(root / "metrics", keys)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("fcn", nargs="+", help="FCN runs (metrics/<run>.json)")
+    parser.add_argument(
+        "--deeplab", nargs="*", default=[], help="DeepLab runs (metrics/<run>-crf.json)"
+    )
+    args = parser.parse_args()
+    ours = load_metrics(root / "metrics", args.fcn)
+    crf = load_metrics(root / "metrics", [f"{k}-crf" for k in args.deeplab])
+    crf = {k: crf[f"{k}-crf"] for k in args.deeplab}
     source = params.get("data.source")
     n_val = next(iter(ours.values()))["num_images"]
     provenance = (
@@ -32,7 +39,20 @@ if __name__ == "__main__":
             "",
             fcn_table(ours, ref["fcn_cvpr_table2"], provenance),
             fcn_table(ours, ref["fcn_pami_table3"], provenance),
-            "Figures: `reports/figures/<model>/` (predictions, confusion matrix); training "
+            *(
+                [
+                    deeplab_table(
+                        crf,
+                        reference("deeplab")["deeplab_crf"],
+                        provenance,
+                        figures=f"figures/{args.deeplab[0]}-crf",
+                    )
+                ]
+                if crf
+                else []
+            ),
+            "Figures: `reports/figures/<model>/` (predictions, confusion matrix), "
+            "`reports/figures/<model>-crf/` (trimap, DCNN vs DCNN+CRF); training "
             "curves: `models/<model>/curves.png`; every run is in MLflow (`make mlflow-ui`).",
             "",
         ]

@@ -25,8 +25,16 @@ def micro(params: dict) -> dict:
     """Smallest settings that still run every stage."""
     params["data"]["builtin"].update(num_train=12, num_val=4, size=48)
     params["backbone"]["pretrain"].update(epochs=1, patches_per_image=2)
-    for key in ("fcn32s", "fcn16s", "fcn8s"):
+    for key in ("fcn32s", "fcn16s", "fcn8s", "deeplab-largefov"):
         params["train"][key]["iterations"] = {"tiny": 2, "paper": 100000}
+    params["train"]["deeplab-largefov"]["batch_size"] = {"tiny": 4, "paper": 20}
+    search = params["crf"]["search"]
+    search["num_images"] = {"tiny": 3, "paper": 100}
+    search["coarse"] = {"w1": [3], "sigma_alpha": [10, 30], "sigma_beta": [3]}
+    search["fine"] = {"sigma_alpha": 5.0}
+    search["radius"] = 1
+    params["crf"]["trimap_max_width"] = 5
+    params["crf"]["num_qualitative"] = 2
     params["train"]["common"]["batch_size"] = {"tiny": 4, "paper": 1}
     params["model"]["width"] = {"tiny": 0.0625, "paper": 1.0}
     params["ray"]["object_store_mb"] = 150
@@ -76,6 +84,21 @@ def test_repro_produces_report_and_metrics(project):
         assert (root / "reports" / "figures" / model / "predictions.png").stat().st_size > 0
         assert (root / "models" / model / "model.pt").is_file()
     assert "59.4" in report  # the paper's number sits beside ours
+    crf = json.loads((root / "metrics" / "deeplab-largefov-crf.json").read_text())
+    assert crf["num_images"] == 4
+    for when in ("before", "after"):
+        assert 0 <= crf[when]["mean_iu"] <= 1
+    row = next(line for line in report.splitlines() if line.startswith("| deeplab-largefov "))
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    assert cells[0] == f"{100 * crf['before']['mean_iu']:.1f}"
+    assert cells[1] == f"{100 * crf['after']['mean_iu']:.1f}"
+    assert cells[3:5] == ["62.25", "67.64"]  # DeepLab Table 1(a), beside ours
+    best = json.loads((root / "models" / "crf" / "best.json").read_text())
+    assert best["num_trials"] == 4 and best["num_images"] == 3  # 2 coarse + 2 new fine points
+    figures = root / "reports" / "figures" / "deeplab-largefov-crf"
+    assert (figures / "trimap.png").stat().st_size > 0
+    assert (figures / "predictions.png").stat().st_size > 0
+    assert "figures/deeplab-largefov-crf/trimap.png" in report
 
 
 def test_second_repro_is_a_no_op_and_param_change_is_local(project):

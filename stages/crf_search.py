@@ -1,0 +1,51 @@
+"""DVC stage `crf_search@<run>`: DeepLab §5 coarse-to-fine search of the dense-CRF parameters.
+
+Reads the first ``crf.search.num_images`` rows of data/scores/<run>/, runs every grid point as
+Ray tasks, logs each trial as a child run of this stage's MLflow run, and writes the best
+parameters to models/crf/best.json.
+"""
+
+import sys
+
+import mlflow
+
+from pipeline.crf import CRFParams, backend_from_params, coarse_to_fine_search, save_best
+from pipeline.params import load_params, positive, repo_root
+from pipeline.predict import read_scores, search_examples
+from pipeline.raycluster import init_ray
+from pipeline.tracking import flatten, stage_run, tracking_uri
+
+if __name__ == "__main__":
+    key = sys.argv[1]
+    params = load_params()
+    root = repo_root()
+    crf = params.section("crf")
+    search = params.section("crf.search")
+    base = CRFParams.from_params(crf.get("base"), prefix="crf.base")
+    backend = backend_from_params(crf)
+    n = int(positive("crf.search.num_images", search.get("num_images"), kind=int))
+    table = read_scores(root / "data" / "scores" / key, limit=n)
+    init_ray(params)
+    with stage_run(params, f"crf_search {key}", tags={"densepipe.kind": "crf_search"}) as run:
+        mlflow.log_params(flatten(search, "crf.search."))
+        mlflow.log_params({"images": table.num_rows, "backend": backend})
+        best, trials = coarse_to_fine_search(
+            search_examples(table),
+            params.get("model.num_classes"),
+            coarse=search["coarse"],
+            fine_steps=search.get("fine"),
+            mlflow_parent_run_id=run.info.run_id,
+            tracking_uri=tracking_uri(params),
+            base=base,
+            backend=backend,
+            radius=int(search.get("radius", 2)),
+        )
+        score = max(t["mean_iu"] for t in trials if t["mean_iu"] == t["mean_iu"])
+        save_best(
+            root / "models" / "crf" / "best.json",
+            best,
+            mean_iu=score,
+            num_images=table.num_rows,
+            num_trials=len(trials),
+        )
+    print(f"{key}: best of {len(trials)} trials on {table.num_rows} images: {best} ({score:.4f})")
