@@ -542,6 +542,11 @@ def refine_dataset(
         raise ParamsError(f"crf.backend must be one of {BACKENDS}, got {backend!r}")
     if rows_per_task is not None:
         ds = ds.repartition(target_num_rows_per_block=int(rows_per_task))
+    # Ray Data reserves part of the CPUs per operator by default; on a small node that left one
+    # of 2 CPUs idle (1.3x instead of 1.7x at 2 CPUs, benchmarks/bench_crf.py)
+    import ray
+
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     return ds.map_batches(
         _refine_batch,
         fn_kwargs={
