@@ -71,3 +71,24 @@ def input_spec(params: Params) -> InputSpec:
     spec = params.section("input")
     choice("input.norm", spec.get("norm"), ("caffe", "torchvision"))
     return InputSpec(norm=spec["norm"], mean_bgr=tuple(spec["mean_bgr"]))
+
+
+def load_trained(params: Params, key: str, root: Path | None = None):
+    """The trained model of run ``key`` (weights from ``models/<key>/model.pt``) and its config."""
+    import torch
+
+    from pipeline.models import build_model
+
+    config = train_config(params, key, root=root)
+    model = build_model(config.model, config.num_classes, **config.model_options)
+    state = torch.load(model_dir(key, root) / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model, config
+
+
+def prepared_split(params: Params, split: str, root: Path | None = None):
+    """A prepared split of the configured dataset as an in-memory Arrow table."""
+    from pipeline.data.prepare import read_prepared_table
+
+    dataset = params.get("data.dataset")
+    return read_prepared_table((root or repo_root()) / "data" / "prepared" / dataset / split)

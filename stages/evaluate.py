@@ -7,26 +7,20 @@ import json
 import sys
 
 import mlflow
-import torch
 
 from pipeline.data.builtin import VOC_CLASSES
-from pipeline.data.prepare import read_prepared_table
 from pipeline.evaluate import evaluate, write_outputs
-from pipeline.experiment import input_spec, model_dir, train_config
+from pipeline.experiment import input_spec, load_trained, prepared_split
 from pipeline.fsutil import write_text_atomic
-from pipeline.models import build_model
 from pipeline.params import load_params, repo_root
 from pipeline.tracking import stage_run
 
 if __name__ == "__main__":
     key = sys.argv[1]
     params = load_params()
-    config = train_config(params, key)
     root = repo_root()
-    table = read_prepared_table(root / "data" / "prepared" / params.get("data.dataset") / "val")
-    model = build_model(config.model, config.num_classes, **config.model_options)
-    state = torch.load(model_dir(key) / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model, config = load_trained(params, key)
+    table = prepared_split(params, "val")
     scores, hist, kept = evaluate(
         model,
         table,
