@@ -105,3 +105,24 @@ def validate_label(label: np.ndarray, num_classes: int, size: tuple[int, int], s
         raise DataError(
             f"label {source} has values {values} outside [0, {num_classes}) and void {VOID}"
         )
+
+
+def example_record(
+    example_id: str,
+    image_bytes: bytes,
+    image: np.ndarray,
+    label: np.ndarray,
+    num_classes: int,
+    label_source: str,
+    **extras: Any,
+) -> dict[str, Any]:
+    """Validate ``label`` against the image, then build the prepared row (label as PNG)."""
+    validate_label(label, num_classes, image.shape[:2], label_source)
+    return {
+        "id": example_id,
+        "image": image_bytes,
+        "label": encode_png(label),
+        "height": image.shape[0],
+        "width": image.shape[1],
+        **extras,
+    }

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.data.base import VOID, decode_image, decode_label, encode_png, validate_label
+from pipeline.data.base import (
+    VOID,
+    decode_image,
+    decode_label,
+    encode_png,
+    example_record,
+)
 from pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test", "trainval")
@@ -138,17 +144,17 @@ class BSDS:
         image = decode_image(image_bytes, str(image_path))
         boundaries, segmentations = load_ground_truth(gt_path)
         label = consensus_edges(boundaries, self.min_annotators, self.ignore_ambiguous)
-        validate_label(label, self.num_classes, image.shape[:2], str(gt_path))
-        return {
-            "id": example_id,
-            "image": image_bytes,
-            "label": encode_png(label),
-            "height": image.shape[0],
-            "width": image.shape[1],
-            "boundaries": stack_png(boundaries),
-            "segmentations": stack_png(segmentations),
-            "num_annotators": int(boundaries.shape[0]),
-        }
+        return example_record(
+            example_id,
+            image_bytes,
+            image,
+            label,
+            self.num_classes,
+            str(gt_path),
+            boundaries=stack_png(boundaries),
+            segmentations=stack_png(segmentations),
+            num_annotators=int(boundaries.shape[0]),
+        )
 
 
 # -- HED augmentation ------------------------------------------------------------------------

@@ -22,7 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.base import VOID, decode_image, encode_png, read_split_file, validate_label
+from pipeline.data.base import (
+    VOID,
+    decode_image,
+    example_record,
+    read_split_file,
+)
 from pipeline.errors import DataError
 
 CONTEXT_59 = (
@@ -177,11 +182,11 @@ class PascalContext:
                 f"expected 0..{len(lut) - 1}"
             )
         label = lut[full.astype(np.int64)]
-        validate_label(label, self.num_classes, image.shape[:2], str(label_path))
-        return {
-            "id": example_id,
-            "image": image_bytes,
-            "label": encode_png(label),
-            "height": image.shape[0],
-            "width": image.shape[1],
-        }
+        return example_record(
+            example_id,
+            image_bytes,
+            image,
+            label,
+            self.num_classes,
+            str(label_path),
+        )

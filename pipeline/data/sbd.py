@@ -26,7 +26,7 @@ from PIL import Image
 from pipeline.data.base import (
     decode_image,
     decode_label,
-    encode_png,
+    example_record,
     read_split_file,
     validate_label,
 )
@@ -120,14 +120,14 @@ class SBD:
             raise DataError(f"missing file for id {example_id!r}: {label_path}")
         image = decode_image(image_bytes, str(image_path))
         label = load_sbd_label(label_path)
-        validate_label(label, self.num_classes, image.shape[:2], str(label_path))
-        return {
-            "id": example_id,
-            "image": image_bytes,
-            "label": encode_png(label),
-            "height": image.shape[0],
-            "width": image.shape[1],
-        }
+        return example_record(
+            example_id,
+            image_bytes,
+            image,
+            label,
+            self.num_classes,
+            str(label_path),
+        )
 
 
 class VOCAug:
