@@ -29,7 +29,7 @@ from torch import nn
 
 from pipeline.errors import ParamsError
 from pipeline.models import geometry
-from pipeline.models.vgg import VGG16_BLOCKS, scaled
+from pipeline.models.vgg import VGG16_BLOCKS, fc_head, scaled
 
 __all__ = [
     "MSC_TAPS",
@@ -81,22 +81,9 @@ def _fc_head(
             f"fc6 {kernel_size}x{kernel_size} with input stride {dilation} spans {extent} units: "
             "an even extent cannot be centred"
         )
-    head = nn.Sequential(
-        OrderedDict(
-            fc6=nn.Conv2d(
-                in_channels, channels, kernel_size, padding=extent // 2, dilation=dilation
-            ),
-            relu6=nn.ReLU(inplace=True),
-            drop6=nn.Dropout(dropout),
-            fc7=nn.Conv2d(channels, channels, 1),
-            relu7=nn.ReLU(inplace=True),
-            drop7=nn.Dropout(dropout),
-        )
+    return fc_head(
+        in_channels, channels, kernel_size, dropout, padding=extent // 2, dilation=dilation
     )
-    for m in (head.fc6, head.fc7):
-        nn.init.normal_(m.weight, 0.0, 0.01)
-        nn.init.zeros_(m.bias)
-    return head
 
 
 def _msc_mlp(in_channels: int, channels: int, stride: int, dropout: float) -> nn.Sequential:

@@ -65,11 +65,21 @@ def vgg16_features(
     return features
 
 
-def fc_head(in_channels: int, fc_channels: int, kernel_size: int, dropout: float) -> nn.Sequential:
-    """fc6 (``kernel_size`` conv, no padding) and fc7 (1x1), each followed by ReLU and dropout."""
+def fc_head(
+    in_channels: int,
+    fc_channels: int,
+    kernel_size: int,
+    dropout: float,
+    *,
+    padding: int = 0,
+    dilation: int = 1,
+) -> nn.Sequential:
+    """fc6 (``kernel_size`` conv; FCN: no padding) and fc7 (1x1), each + ReLU and dropout."""
     head = nn.Sequential(
         OrderedDict(
-            fc6=nn.Conv2d(in_channels, fc_channels, kernel_size),
+            fc6=nn.Conv2d(
+                in_channels, fc_channels, kernel_size, padding=padding, dilation=dilation
+            ),
             relu6=nn.ReLU(inplace=True),
             drop6=nn.Dropout(dropout),
             fc7=nn.Conv2d(fc_channels, fc_channels, 1),
