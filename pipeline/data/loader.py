@@ -5,6 +5,10 @@ path normalises inputs the same way.
 
 Normalisation follows the weights: ``caffe`` (BGR, 0-255, per-channel mean subtracted, the FCN and
 DeepLab releases) or ``torchvision`` (RGB, 0-1, ImageNet mean/std).
+
+Input masking (FCN Table 8) is part of the input spec because it must be the same wherever the
+input is built: ``fg`` / ``bg`` replace the foreground / background pixels by the mean colour
+(0 after normalising); ``shape`` keeps only the foreground/background mask itself.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import torch
 
 from pipeline.data.base import VOID, decode_image, decode_label
 
+MASKS = ("none", "fg", "bg", "shape")
+#: the value a foreground pixel takes in the ``shape`` input (background is 0, the mean)
+SHAPE_VALUE = 100.0
 VOC_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -27,6 +34,11 @@ class InputSpec:
 
     norm: str = "caffe"  # caffe | torchvision
     mean_bgr: tuple[float, float, float] = VOC_MEAN_BGR
+    mask: str = "none"  # none | fg | bg | shape (FCN Table 8; needs the label)
+
+    def __post_init__(self):
+        if self.mask not in MASKS:
+            raise ValueError(f"unknown input mask {self.mask!r}; known: {MASKS}")
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
         """NxHxWx3 uint8 RGB -> Nx3xHxW float32 network input."""
@@ -44,10 +56,30 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Augment:
-    """Training-time augmentation switches (FCN §4.3: mirroring and jittering up to 32 px)."""
+    """Training-time augmentation switches.
+
+    ``mirror`` / ``jitter``: FCN §4.3 (mirroring, translations up to ``jitter`` px).
+    ``scales``: PixelNet's multi-scale training (edges: random 0.5x or 1.0x): one scale drawn
+    per batch from the list, the image resized bilinearly and the label with nearest neighbour
+    (class indices, edge 0/1 and void 255 stay exactly those values). Empty: off.
+    """
 
     mirror: bool = False
     jitter: int = 0
+    scales: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        scales = self.scales
+        if isinstance(scales, int | float) and not isinstance(scales, bool):
+            scales = (scales,)
+        try:
+            scales = tuple(float(s) for s in (scales or ()))
+        except (TypeError, ValueError):
+            msg = f"augment.scales must be a list of numbers, got {self.scales!r}"
+            raise ValueError(msg) from None
+        if any(not s > 0 for s in scales):
+            raise ValueError(f"augment.scales must be positive, got {list(scales)}")
+        object.__setattr__(self, "scales", scales)
 
 
 def _shift(array: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
@@ -60,12 +92,28 @@ def _shift(array: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
     return out
 
 
+def rescale(image: np.ndarray, label: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an (image, label) pair by ``scale``: bilinear image, nearest-neighbour label."""
+    from PIL import Image
+
+    h, w = label.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+    return image, label
+
+
 def decode_rows(batch: dict, augment: Augment | None = None, rng=None) -> list:
     """Decode a numpy batch of prepared rows to (image uint8 HxWx3, label uint8 HxW) pairs."""
     pairs = []
+    scale = 1.0
+    if augment is not None and rng is not None and augment.scales:
+        scale = float(augment.scales[int(rng.integers(len(augment.scales)))])
     for i in range(len(batch["id"])):
         image = decode_image(batch["image"][i], f"row {batch['id'][i]}")
         label = decode_label(batch["label"][i], f"row {batch['id'][i]}")
+        if scale != 1.0:
+            image, label = rescale(image, label, scale)
         if augment is not None and rng is not None:
             if augment.mirror and rng.random() < 0.5:
                 image, label = image[:, ::-1], label[:, ::-1]
@@ -86,7 +134,28 @@ def collate(pairs: list, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
         x[i, :, img.shape[0] :, :] = pad_value
         x[i, :, :, img.shape[1] :] = pad_value
     y = np.stack([_pad(lab, h, w, VOID) for _, lab in pairs]).astype(np.int64)
+    if spec.mask != "none":
+        x = mask_input(x, np.stack([_pad(lab != 0, h, w, False) for _, lab in pairs]), spec.mask)
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def mask_input(x: np.ndarray, foreground: np.ndarray, mask: str) -> np.ndarray:
+    """FCN Table 8 input masking of a normalised batch (Nx3xHxW) given its foreground (NxHxW).
+
+    Foreground = every label other than background, void included (VOC's void band is the
+    object outline: keeping it would leak the object's appearance into a masked-foreground
+    input). Padding is background.
+    """
+    fg = foreground[:, None].repeat(x.shape[1], axis=1)
+    x = x.copy()
+    if mask == "fg":
+        x[fg] = 0.0
+    elif mask == "bg":
+        x[~fg] = 0.0
+    elif mask == "shape":
+        x[:] = 0.0
+        x[fg] = SHAPE_VALUE
+    return x
 
 
 def _pad(array: np.ndarray, h: int, w: int, fill) -> np.ndarray:
