@@ -106,6 +106,7 @@ def write_outputs(scores: dict, hist: np.ndarray, kept: list, classes, out_dir: 
         "mean_acc": scores["mean_acc"],
         "mean_iu": scores["mean_iu"],
         "fw_iu": scores["fw_iu"],
+        "mean_iu_fg": scores["mean_iu_fg"],
         "per_class_iu": {
             name: iu for name, iu in zip(classes, scores["per_class_iu"]) if iu is not None
         },

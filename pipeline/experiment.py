@@ -1,13 +1,16 @@
-"""From params.yaml to run configurations: the one place stage settings are resolved.
+"""From params.yaml to run configurations: the one place experiment settings are resolved.
 
-Keeps stages thin and gives tests and ``ray job submit`` sweeps the same resolution logic.
+An experiment (params.yaml ``experiments``) names a model, its dataset, where it starts from
+(``init``), its training overrides of ``train.common``, input masking and the paper-table rows it
+reproduces. dvc.yaml expands the active set (``run``) into stages; stages, tests and ``ray job
+submit`` sweeps all resolve an experiment through this module.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.data.loader import InputSpec
+from pipeline.data.loader import MASKS, InputSpec
 from pipeline.errors import ParamsError
 from pipeline.params import Params, choice, positive, repo_root
 from pipeline.train import TrainConfig
@@ -15,14 +18,59 @@ from pipeline.train import TrainConfig
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16")
 LR_POLICIES = ("fixed", "step", "poly")
+TASKS = ("segmentation", "edges")
+EXPERIMENT_KEYS = ("model", "dataset", "init", "task", "train", "model_options", "mask", "tables")
 
 
 def model_dir(name: str, root: Path | None = None) -> Path:
     return (root or repo_root()) / "models" / name
 
 
+def declared_experiments(params: Params) -> dict[str, dict]:
+    """Every experiment params.yaml declares, in any set, by name (the active set wins)."""
+    found: dict[str, dict] = {}
+    for spec in (params.get("experiments", {}) or {}).values():
+        for name, entry in ((spec or {}).get("train") or {}).items():
+            found.setdefault(name, entry)
+    found.update(params.get("run.train", {}) or {})
+    return found
+
+
+def run_names(params: Params) -> list[str]:
+    """The experiments the active ``run`` set trains, in declaration order."""
+    return list(params.get("run.train", {}) or {})
+
+
+def experiment(params: Params, name: str) -> dict:
+    """One experiment's declaration, validated; errors name the params key."""
+    known = declared_experiments(params)
+    if name not in known:
+        raise ParamsError(f"experiments: no experiment {name!r}; declared: {sorted(known)}")
+    entry = dict(known[name] or {})
+    where = f"experiments.{name}"
+    unknown = sorted(set(entry) - set(EXPERIMENT_KEYS))
+    if unknown:
+        raise ParamsError(f"{where}: unknown key(s) {unknown}; known: {list(EXPERIMENT_KEYS)}")
+    for key in ("model", "dataset", "init"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            got = entry.get(key)
+            raise ParamsError(f"{where}.{key} must be a plain name (dvc.yaml uses it), got {got!r}")
+    if entry["init"] != "backbone" and entry["init"] not in known:
+        raise ParamsError(f"{where}.init: {entry['init']!r} is not 'backbone' or an experiment")
+    entry.setdefault("task", "segmentation")
+    choice(f"{where}.task", entry["task"], TASKS)
+    mask = {"train": "none", "test": "none", **(entry.get("mask") or {})}
+    for when in ("train", "test"):
+        choice(f"{where}.mask.{when}", mask[when], MASKS)
+    entry["mask"] = mask
+    entry["train"] = dict(entry.get("train") or {})
+    entry["model_options"] = dict(entry.get("model_options") or {})
+    entry["tables"] = dict(entry.get("tables") or {})
+    return entry
+
+
 def init_path(init: str | None, root: Path | None = None) -> str | None:
-    """``backbone`` -> the backbone classifier; a model key -> that model's final weights."""
+    """``backbone`` -> the backbone classifier; an experiment -> that model's final weights."""
     if not init:
         return None
     if init == "backbone":
@@ -30,51 +78,75 @@ def init_path(init: str | None, root: Path | None = None) -> str | None:
     return str(model_dir(init, root) / "model.pt")
 
 
-def train_config(
-    params: Params, key: str, init: str | None = None, root: Path | None = None
-) -> TrainConfig:
-    """Resolve ``train.common`` + ``train.<key>`` into a validated TrainConfig.
+def _backbone_init(params: Params, model: str, root: Path | None) -> tuple[str | None, bool]:
+    """Where a model starts from the backbone stage: (weights, re-initialise fc6/fc7).
 
-    ``init`` (from dvc.yaml, where the staged order lives): ``backbone`` or a model key.
+    The backbone stage holds a VGG16 classifier. FCN-AlexNet/GoogLeNet (FCN Table 1) take
+    torchvision's ImageNet weights of their own architecture under ``backbone.source: imagenet``
+    and start from scratch otherwise (the tiny profile pretrains VGG16 only).
     """
-    if key not in params.section("train") or key == "common":
-        known = [k for k in params.section("train") if k != "common"]
-        raise ParamsError(f"train.{key}: no such training run; known: {known}")
-    merged = {**params.section("train.common"), **params.section(f"train.{key}")}
-    model = merged.pop("model", key)
-    options = merged.pop("model_options", {}) or {}
-    choice(f"train.{key}.optimizer", merged.get("optimizer"), OPTIMIZERS)
-    choice(f"train.{key}.precision", merged.get("precision"), PRECISIONS)
-    choice(f"train.{key}.lr_policy", merged.get("lr_policy", "fixed"), LR_POLICIES)
-    for k in ("lr", "batch_size", "iterations", "accumulate"):
-        positive(f"train.{key}.{k}", merged.get(k), kind=float)
+    import torch
+
+    from pipeline.models import build_model
+
+    with torch.device("meta"):
+        arch = getattr(build_model(model, 2, width=0.125), "arch", "vgg16")
+    if arch != "vgg16":
+        return ("imagenet" if params.get("backbone.source") == "imagenet" else None), False
+    return init_path("backbone", root), params.get("backbone.transfer") == "features"
+
+
+def num_classes(params: Params, entry: dict) -> int:
+    """Edges have one output (sigmoid); segmentation has ``model.num_classes``."""
+    return 1 if entry["task"] == "edges" else params.get("model.num_classes")
+
+
+def train_config(params: Params, name: str, root: Path | None = None) -> TrainConfig:
+    """Resolve ``train.common`` + ``experiments.<name>.train`` into a validated TrainConfig."""
+    entry = experiment(params, name)
+    merged = {**params.section("train.common"), **entry["train"]}
+    where = f"experiments.{name}.train"
+    unknown = sorted(set(merged) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ParamsError(f"{where}: unknown key(s) {unknown}")
+    choice(f"{where}.optimizer", merged.get("optimizer"), OPTIMIZERS)
+    choice(f"{where}.precision", merged.get("precision"), PRECISIONS)
+    choice(f"{where}.lr_policy", merged.get("lr_policy", "fixed"), LR_POLICIES)
+    for k in ("lr", "batch_size", "accumulate"):
+        positive(f"{where}.{k}", merged.get(k), kind=float)
+    positive(f"{where}.iterations", merged.get("iterations"), kind=int, allow_zero=True)
     p = merged.get("loss_sample_p", 1.0)
     if not 0 < float(p) <= 1:
-        raise ParamsError(f"train.{key}.loss_sample_p must be in (0, 1], got {p!r}")
+        raise ParamsError(f"{where}.loss_sample_p must be in (0, 1], got {p!r}")
+    if entry["init"] == "backbone":
+        init, reset = _backbone_init(params, entry["model"], root)
+    else:
+        init, reset = init_path(entry["init"], root), False
     return TrainConfig(
-        model=model,
-        num_classes=params.get("model.num_classes"),
-        out_dir=str(model_dir(key, root)),
+        model=entry["model"],
+        num_classes=num_classes(params, entry),
+        out_dir=str(model_dir(name, root)),
         model_options={
             "width": params.get("model.width"),
             "dropout": params.get("model.dropout"),
-            **options,
+            **entry["model_options"],
         },
-        init=init_path(init, root),
-        reset_head=init == "backbone" and params.get("backbone.transfer") == "features",
-        input=dict(params.section("input")),
+        init=init,
+        reset_head=reset,
+        task=entry["task"],
+        input={**params.section("input"), "mask": entry["mask"]["train"]},
         **merged,
     )
 
 
-def input_spec(params: Params) -> InputSpec:
+def input_spec(params: Params, mask: str = "none") -> InputSpec:
     spec = params.section("input")
     choice("input.norm", spec.get("norm"), ("caffe", "torchvision"))
-    return InputSpec(norm=spec["norm"], mean_bgr=tuple(spec["mean_bgr"]))
+    return InputSpec(norm=spec["norm"], mean_bgr=tuple(spec["mean_bgr"]), mask=mask)
 
 
 def load_trained(params: Params, key: str, root: Path | None = None):
-    """The trained model of run ``key`` (weights from ``models/<key>/model.pt``) and its config."""
+    """The trained model of experiment ``key`` (``models/<key>/model.pt``) and its config."""
     import torch
 
     from pipeline.models import build_model
@@ -86,9 +158,18 @@ def load_trained(params: Params, key: str, root: Path | None = None):
     return model, config
 
 
-def prepared_split(params: Params, split: str, root: Path | None = None):
-    """A prepared split of the configured dataset as an in-memory Arrow table."""
+def crf_best_path(key: str, root: Path | None = None) -> Path:
+    """The searched dense-CRF parameters of experiment ``key`` (crf_search writes, crf reads)."""
+    return model_dir("crf", root) / key / "best.json"
+
+
+def prepared_dir(dataset: str, split: str, root: Path | None = None) -> Path:
+    """Where the prepare stage writes ``split`` of ``dataset``: ``data/prepared/<name>/<split>``."""
+    return (root or repo_root()) / "data" / "prepared" / dataset / split
+
+
+def prepared_split(params: Params, key: str, split: str, root: Path | None = None):
+    """A prepared split of experiment ``key``'s dataset as an in-memory Arrow table."""
     from pipeline.data.prepare import read_prepared_table
 
-    dataset = params.get("data.dataset")
-    return read_prepared_table((root or repo_root()) / "data" / "prepared" / dataset / split)
+    return read_prepared_table(prepared_dir(experiment(params, key)["dataset"], split, root))

@@ -1,98 +1,182 @@
-"""Result tables: our numbers beside the papers' (kept as data in pipeline/reference/).
+"""Result tables: our numbers beside the papers' (published numbers kept as data in
+``pipeline/reference/*.yaml``).
 
-Every table says which dataset and profile produced our column, so a tiny-profile run on the
-built-in data is never mistaken for a reproduction of the paper.
+Each reference table lists its columns and the paper's rows; each experiment in params.yaml says
+which table rows it reproduces (``tables: {table: row}``). The report joins the two, so adding an
+experiment or a table is a params/data edit, not code. Every table says which profile, dataset
+and width produced our column, so a tiny run on built-in data is never taken for a reproduction.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
-HEADERS = ("pixel acc.", "mean acc.", "mean IU", "f.w. IU")
+REFERENCES = ("fcn", "deeplab", "pixelnet")
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    source: str  # metrics: metrics/<exp>.json | crf: metrics/<exp>-crf.json | describe: the model
+    scale: float = 100.0  # ours -> the paper's unit
+    digits: int = 1
+
+
+COLUMNS: dict[str, Column] = {
+    "pixel_acc": Column("pixel acc.", "metrics"),
+    "mean_acc": Column("mean acc.", "metrics"),
+    "mean_iu": Column("mean IU", "metrics"),
+    "fw_iu": Column("f.w. IU", "metrics"),
+    "mean_iu_fg": Column("mean IU (no bg)", "metrics"),
+    "before": Column("mean IU DCNN", "crf", digits=2),
+    "after": Column("mean IU DCNN+CRF", "crf", digits=2),
+    "conv_layers": Column("conv. layers", "describe", 1, 0),
+    "parameters": Column("parameters (M)", "describe", 1e-6, 1),
+    "rf_size": Column("rf size", "describe", 1, 0),
+    "max_stride": Column("max stride", "describe", 1, 0),
+    "ods": Column("ODS", "metrics", 1, 3),
+    "ois": Column("OIS", "metrics", 1, 3),
+    "ap": Column("AP", "metrics", 1, 3),
+    "mean": Column("mean angle", "metrics", 1, 1),
+    "median": Column("median angle", "metrics", 1, 1),
+}
 
 
 def reference(name: str) -> dict:
-    """Published numbers from ``pipeline/reference/<name>.yaml``."""
-    text = resources.files("pipeline.reference").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    """Published numbers from ``pipeline/reference/<name>.yaml`` ({} if that file is absent)."""
+    path = resources.files("pipeline.reference").joinpath(f"{name}.yaml")
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+def all_tables() -> dict[str, dict]:
+    """Every reference table, by id, in file order (FCN, DeepLab, PixelNet)."""
+    tables: dict[str, dict] = {}
+    for name in REFERENCES:
+        tables.update(reference(name))
+    return tables
 
 
-def fcn_table(ours: dict[str, dict], table: dict, provenance: str) -> str:
-    """Markdown: one row per model of ours that the paper table also has (or that we ran)."""
+def _fmt(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _describe(model: str) -> dict:
+    """Architecture facts of ``model`` at full width, from the module graph (no memory used)."""
+    import torch
+
+    from pipeline.models import build_model, describe
+
+    with torch.device("meta"):
+        return describe(build_model(model, 21))
+
+
+class Ours:
+    """Our value of a column for an experiment, read from the stage outputs."""
+
+    def __init__(self, metrics_dir: Path, experiments: dict[str, dict], ran: set[str]):
+        self.metrics_dir, self.experiments, self.ran = Path(metrics_dir), experiments, ran
+        self._cache: dict[tuple[str, str], dict | None] = {}
+
+    def _load(self, exp: str, source: str) -> dict | None:
+        key = (exp, source)
+        if key not in self._cache:
+            if source == "describe":
+                self._cache[key] = _describe(self.experiments[exp]["model"])
+            else:
+                suffix = "-crf" if source == "crf" else ""
+                path = self.metrics_dir / f"{exp}{suffix}.json"
+                ran = exp in self.ran and path.is_file()
+                self._cache[key] = json.loads(path.read_text()) if ran else None
+        return self._cache[key]
+
+    def value(self, exp: str, column: str) -> float | None:
+        col = COLUMNS[column]
+        data = self._load(exp, col.source)
+        if data is None:
+            return None
+        raw = data.get(column) if col.source != "crf" else data.get(column, {}).get("mean_iu")
+        return None if raw is None else raw * col.scale
+
+
+def table_markdown(table_id: str, table: dict, ours: Ours, provenance: str) -> str:
+    """One reference table: a row per paper row (and per extra row of ours), ours | paper."""
+    columns = table["columns"]
+    by_row: dict[str, list[str]] = {}
+    for exp, entry in ours.experiments.items():
+        row = (entry.get("tables") or {}).get(table_id)
+        if row is not None:
+            by_row.setdefault(row, []).append(exp)
+    rows = list(table["rows"]) + [r for r in by_row if r not in table["rows"]]
+    headers = [f"{COLUMNS[c].header} (ours)" for c in columns]
+    headers += [f"{COLUMNS[c].header} (paper)" for c in columns]
     lines = [
         f"### {table['title']}",
         "",
         f"Ours: {provenance}. Paper: {table['source']}.",
         "",
-        "| model | "
-        + " | ".join(f"{h} (ours)" for h in HEADERS)
-        + " | "
-        + " | ".join(f"{h} (paper)" for h in HEADERS)
-        + " |",
-        "|---" * (1 + 2 * len(METRICS)) + "|",
+        "| paper row | our experiment | " + " | ".join(headers) + " |",
+        "|---|---|" + "---|" * len(headers),
     ]
-    for model, metrics in ours.items():
-        paper = table["rows"].get(model, {})
-        ours_cells = [_fmt(100 * metrics[m]) if m in metrics else "n/a" for m in METRICS]
-        paper_cells = [_fmt(paper.get(m)) for m in METRICS]
-        note = f" {paper['note']}" if paper.get("note") else ""
-        lines.append(f"| {model}{note} | " + " | ".join(ours_cells + paper_cells) + " |")
+    for row in rows:
+        paper = table["rows"].get(row, {}) or {}
+        name = paper.get("paper_name", row) + (f" {paper['note']}" if paper.get("note") else "")
+        for exp in by_row.get(row, [None]):
+            if exp is None:
+                label, cells = "not declared", ["n/a"] * len(columns)
+            else:
+                label = f"`{exp}`" + ("" if exp in ours.ran else " (not in `run`)")
+                cells = [_fmt(ours.value(exp, c), COLUMNS[c].digits) for c in columns]
+            cells += [_fmt(paper.get(c), COLUMNS[c].digits) for c in columns]
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def load_metrics(metrics_dir: Path, keys: list[str]) -> dict[str, dict]:
-    return {k: json.loads((Path(metrics_dir) / f"{k}.json").read_text()) for k in keys}
+def crf_parameters_line(ours: Ours, experiments: list[str]) -> str:
+    """The searched CRF parameters of each refined experiment (from its crf metrics)."""
+    parts = []
+    for exp in experiments:
+        data = ours._load(exp, "crf")
+        if data and data.get("crf_params"):
+            values = ", ".join(f"{k}={v:g}" for k, v in data["crf_params"].items())
+            parts.append(
+                f"`{exp}`: {values} (trimap: [figures/{exp}-crf/trimap.png]"
+                f"(figures/{exp}-crf/trimap.png))"
+            )
+    return (
+        ("CRF parameters searched on val (`crf_search` stage): " + "; ".join(parts))
+        if parts
+        else ""
+    )
 
 
-def deeplab_table(
-    ours: dict[str, dict], table: dict, provenance: str, figures: str | None = None
+def build_report(
+    metrics_dir: Path, experiments: dict[str, dict], ran: list[str], crf: list[str], provenance: str
 ) -> str:
-    """Markdown: mean IU before / after the CRF, ours (crf stage metrics) beside the paper's.
-
-    ``ours`` maps a model key to its ``metrics/<key>-crf.json``; every paper row is listed
-    (ours "n/a" where we did not run that variant), ours first.
-    """
-    lines = [
-        f"### {table['title']}",
+    """reports/results.md: every reference table that has at least one declared experiment."""
+    ours = Ours(metrics_dir, experiments, set(ran))
+    sections = [
+        "# Results",
         "",
-        f"Ours: {provenance}. Paper: {table['source']}.",
+        "Generated by `dvc repro` (stage `report`); numbers in percent.",
         "",
-        "| model | mean IU DCNN (ours) | mean IU DCNN+CRF (ours) | CRF gain (ours) "
-        "| mean IU DCNN (paper) | mean IU DCNN+CRF (paper) | CRF gain (paper) |",
-        "|---|---|---|---|---|---|---|",
     ]
-    keys = list(ours) + [k for k in table["rows"] if k not in ours]
-    for key in keys:
-        paper = table["rows"].get(key, {})
-        mine = ours.get(key)
-        before = 100 * mine["before"]["mean_iu"] if mine else None
-        after = 100 * mine["after"]["mean_iu"] if mine else None
-        gain = after - before if mine else None
-        p_before, p_after = paper.get("before"), paper.get("after")
-        p_gain = p_after - p_before if p_before is not None and p_after is not None else None
-        name = f"{key} ({paper['paper_name']})" if paper.get("paper_name") else key
-        cells = [_fmt(before), _fmt(after), _fmt(gain)]
-        cells += [_fmt2(p_before), _fmt2(p_after), _fmt2(p_gain)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if ours:
-        key = next(iter(ours))
-        params = ours[key].get("crf_params", {})
-        if params:
-            searched = ", ".join(f"{k}={v:g}" for k, v in params.items())
-            lines += ["", f"CRF parameters (searched on val, `crf_search` stage): {searched}."]
-        if figures:
-            lines += ["", f"Trimap (Figure 5): [{figures}/trimap.png]({figures}/trimap.png)."]
-    return "\n".join(lines) + "\n"
-
-
-def _fmt2(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    for table_id, table in all_tables().items():
+        if any(table_id in (e.get("tables") or {}) for e in experiments.values()):
+            sections.append(table_markdown(table_id, table, ours, provenance))
+            if table_id == "deeplab_crf":
+                line = crf_parameters_line(ours, crf)
+                sections += [line, ""] if line else []
+    sections += [
+        "Rows marked (not in `run`) are declared in params.yaml `experiments.all`: set "
+        "`run: *all` to build them. Figures: `reports/figures/<experiment>/` (predictions, "
+        "confusion matrix), `reports/figures/<experiment>-crf/` (trimap, DCNN vs DCNN+CRF); "
+        "training curves: `models/<experiment>/curves.png`; every run is in MLflow "
+        "(`make mlflow-ui`).",
+        "",
+    ]
+    return "\n".join(sections)

@@ -29,7 +29,7 @@ if __name__ == "__main__":
     with stage_run(params, "backbone", tags={"densepipe.kind": "pretrain"}):
         mlflow.log_params({"backbone.source": source})
         if source == "pretrain":
-            prepared = root / "data" / "prepared" / params.get("data.dataset")
+            prepared = root / "data" / "prepared" / params.get("backbone.dataset")
             config = PretrainConfig(
                 num_classes=params.get("model.num_classes"),
                 width=params.get("model.width"),

@@ -11,6 +11,7 @@ import mlflow
 
 from pipeline.crf import backend_from_params, load_best
 from pipeline.crf_eval import evaluate_crf, refine_rows, trimap_table, write_figures
+from pipeline.experiment import crf_best_path
 from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, positive, repo_root
 from pipeline.predict import SCORES_FILE
@@ -23,7 +24,7 @@ if __name__ == "__main__":
     root = repo_root()
     crf = params.section("crf")
     backend = backend_from_params(crf)
-    best = load_best(root / "models" / "crf" / "best.json")
+    best = load_best(crf_best_path(key))
     max_width = int(positive("crf.trimap_max_width", crf.get("trimap_max_width"), kind=int))
     init_ray(params)
     rows = refine_rows(root / "data" / "scores" / key / SCORES_FILE, best, backend)

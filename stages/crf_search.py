@@ -2,7 +2,7 @@
 
 Reads the first ``crf.search.num_images`` rows of data/scores/<run>/, runs every grid point as
 Ray tasks, logs each trial as a child run of this stage's MLflow run, and writes the best
-parameters to models/crf/best.json.
+parameters to models/crf/<run>/best.json.
 """
 
 import sys
@@ -10,6 +10,7 @@ import sys
 import mlflow
 
 from pipeline.crf import CRFParams, backend_from_params, coarse_to_fine_search, save_best
+from pipeline.experiment import crf_best_path
 from pipeline.params import load_params, positive, repo_root
 from pipeline.predict import read_scores, search_examples
 from pipeline.raycluster import init_ray
@@ -42,7 +43,7 @@ if __name__ == "__main__":
         )
         score = max(t["mean_iu"] for t in trials if t["mean_iu"] == t["mean_iu"])
         save_best(
-            root / "models" / "crf" / "best.json",
+            crf_best_path(key),
             best,
             mean_iu=score,
             num_images=table.num_rows,

@@ -14,7 +14,7 @@ if __name__ == "__main__":
     params = load_params()
     root = repo_root()
     model, config = load_trained(params, key)
-    table = prepared_split(params, "val")
+    table = prepared_split(params, key, "val")
     out = root / "data" / "scores" / key
     n = predict_scores(model, table, input_spec(params), out, precision=config.precision)
     print(f"{key}: {n} score maps -> {out}")

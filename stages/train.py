@@ -1,6 +1,7 @@
-"""DVC stage `train@<run>`: train one model with Ray Train (settings: train.common + train.<run>).
+"""DVC stage `train@<experiment>`: train one experiment's model with Ray Train.
 
-Usage: python stages/train.py RUN --init {backbone|OTHER_RUN}
+Settings: train.common + experiments.<name>.train in params.yaml (see pipeline/experiment.py).
+Usage: python stages/train.py EXPERIMENT
 """
 
 import argparse
@@ -9,7 +10,7 @@ import mlflow
 
 from pipeline import plots
 from pipeline.data.prepare import read_prepared
-from pipeline.experiment import train_config
+from pipeline.experiment import experiment, prepared_dir, train_config
 from pipeline.params import load_params, repo_root
 from pipeline.raycluster import init_ray
 from pipeline.tracking import flatten, stage_run, tracking_uri
@@ -17,26 +18,26 @@ from pipeline.train import train
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("run", help="a key of the train section of params.yaml")
-    parser.add_argument(
-        "--init", default=None, help="backbone, or the run whose model to start from"
-    )
-    args = parser.parse_args()
-    key = args.run
+    parser.add_argument("experiment", help="an experiment declared in params.yaml")
+    key = parser.parse_args().experiment
     params = load_params()
-    config = train_config(params, key, init=args.init)  # validates params before any expensive work
-    prepared = repo_root() / "data" / "prepared" / params.get("data.dataset")
+    config = train_config(params, key)  # validates params before any expensive work
+    entry = experiment(params, key)
     ray_params = params.section("ray")
     init_ray(params)
     with stage_run(params, f"train {key}", tags={"densepipe.kind": "train", "model": key}) as run:
+        mlflow.log_params(flatten({**params.section("train.common"), **entry["train"]}))
         mlflow.log_params(
-            flatten({**params.section("train.common"), **params.section(f"train.{key}")})
+            {"model": config.model, "dataset": entry["dataset"], "init": entry["init"]}
         )
-        mlflow.log_params({"model": config.model, "init": config.init, **config.model_options})
+        mlflow.log_params({**flatten(config.model_options), "mask": entry["mask"]["train"]})
         config.mlflow_uri, config.mlflow_run_id = tracking_uri(params), run.info.run_id
         history = train(
             config,
-            {"train": read_prepared(prepared / "train"), "val": read_prepared(prepared / "val")},
+            {
+                split: read_prepared(prepared_dir(entry["dataset"], split))
+                for split in ("train", "val")
+            },
             num_workers=ray_params.get("num_workers", 0),
             cpus_per_worker=ray_params.get("cpus_per_worker", 1),
             use_gpu=ray_params.get("use_gpu", False),

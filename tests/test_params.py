@@ -17,10 +17,10 @@ def test_profile_values_resolve():
 
 def test_repo_params_resolve_for_both_profiles():
     tiny = load_params(REPO / "params.yaml")
-    assert tiny.profile == "tiny" and tiny.get("data.source") == "builtin"
+    assert tiny.profile == "tiny"
     paper = Params({**tiny_raw(), "profile": "paper"})
-    assert paper.get("data.source") == "url"
-    assert paper.get("train.fcn32s.lr") == pytest.approx(1e-10)
+    assert paper.get("run.train.fcn16s.train.lr") == pytest.approx(1e-12)
+    assert train_config(paper, "fcn32s", root=REPO).lr == pytest.approx(1e-10)
     assert paper.get("train.common.batch_size") == 1
 
 
@@ -39,12 +39,49 @@ def test_missing_key_and_bad_profile_are_named():
 
 def test_train_config_validates_before_work():
     raw = tiny_raw()
-    raw["train"]["fcn32s"]["lr"] = -1
-    with pytest.raises(ParamsError, match="train.fcn32s.lr"):
-        train_config(Params(raw), "fcn32s", root=REPO)
+    raw["run"]["train"]["fcn16s"]["train"]["lr"] = -1
+    with pytest.raises(ParamsError, match="experiments.fcn16s.train.lr"):
+        train_config(Params(raw), "fcn16s", root=REPO)
     raw = tiny_raw()
     raw["train"]["common"]["optimizer"] = "lion"
     with pytest.raises(ParamsError, match="optimizer"):
         train_config(Params(raw), "fcn32s", root=REPO)
     with pytest.raises(ParamsError, match="fcn64s"):
         train_config(Params(tiny_raw()), "fcn64s", root=REPO)
+
+
+def test_every_declared_experiment_resolves_in_both_profiles():
+    """The `all` set is what `run: *all` builds: each entry must resolve before any work."""
+    from pipeline.experiment import declared_experiments
+
+    for profile in ("tiny", "paper"):
+        params = Params({**tiny_raw(), "profile": profile})
+        names = declared_experiments(params)
+        assert {"fcn32s", "fcn8s-atonce", "deeplab-7x7", "fcn32s-shape"} <= set(names)
+        for name in names:
+            config = train_config(params, name, root=REPO)
+            assert config.iterations >= 0 and config.lr > 0
+
+
+def test_experiment_errors_name_the_key():
+    from pipeline.experiment import experiment
+
+    raw = tiny_raw()
+    raw["run"]["train"]["fcn16s"]["init"] = "fcn99s"
+    with pytest.raises(ParamsError, match="experiments.fcn16s.init"):
+        experiment(Params(raw), "fcn16s")
+    raw = tiny_raw()
+    raw["run"]["train"]["fcn16s"]["mask"] = {"test": "sky"}
+    with pytest.raises(ParamsError, match="experiments.fcn16s.mask.test"):
+        experiment(Params(raw), "fcn16s")
+    raw = tiny_raw()
+    raw["run"]["train"]["fcn16s"]["train"]["lr_decay"] = 0.1
+    with pytest.raises(ParamsError, match="lr_decay"):
+        train_config(Params(raw), "fcn16s", root=REPO)
+
+
+def test_run_set_is_an_alias_of_a_declared_set():
+    """`run: *default` in params.yaml: the active set is exactly the default one."""
+    raw = tiny_raw()
+    assert raw["run"] == raw["experiments"]["default"]
+    assert set(raw["experiments"]["default"]["train"]) < set(raw["experiments"]["all"]["train"])

@@ -18,6 +18,8 @@ from tests_helpers import REPO
 
 pytestmark = pytest.mark.slow
 
+# the staged chain, an evaluation-only masking experiment, DeepLab with its CRF
+MICRO_RUN = ("fcn32s", "fcn16s", "fcn8s", "fcn32s-test-mask-fg", "deeplab-largefov")
 COPY = ["pipeline", "stages", "params.yaml", "dvc.yaml", ".dvcignore", "pyproject.toml"]
 
 
@@ -25,9 +27,12 @@ def micro(params: dict) -> dict:
     """Smallest settings that still run every stage."""
     params["data"]["builtin"].update(num_train=12, num_val=4, size=48)
     params["backbone"]["pretrain"].update(epochs=1, patches_per_image=2)
-    for key in ("fcn32s", "fcn16s", "fcn8s", "deeplab-largefov"):
-        params["train"][key]["iterations"] = {"tiny": 2, "paper": 100000}
-    params["train"]["deeplab-largefov"]["batch_size"] = {"tiny": 4, "paper": 20}
+    declared = params["experiments"]["default"]["train"]
+    params["run"] = {"train": {k: declared[k] for k in MICRO_RUN}, "crf": ["deeplab-largefov"]}
+    for entry in params["run"]["train"].values():
+        if entry.get("train", {}).get("iterations") != 0:
+            entry.setdefault("train", {})["iterations"] = {"tiny": 2, "paper": 100000}
+    declared["deeplab-largefov"]["train"]["batch_size"] = {"tiny": 4, "paper": 20}
     search = params["crf"]["search"]
     search["num_images"] = {"tiny": 3, "paper": 100}
     search["coarse"] = {"w1": [3], "sigma_alpha": [10, 30], "sigma_beta": [3]}
@@ -78,7 +83,7 @@ def test_repro_produces_report_and_metrics(project):
     root, _ = project
     report = (root / "reports" / "results.md").read_text()
     for model in ("fcn32s", "fcn16s", "fcn8s"):
-        assert f"| {model} |" in report
+        assert f"| {model} | `{model}` |" in report
         metrics = json.loads((root / "metrics" / f"{model}.json").read_text())
         assert 0 <= metrics["mean_iu"] <= 1 and metrics["num_images"] == 4
         assert (root / "reports" / "figures" / model / "predictions.png").stat().st_size > 0
@@ -88,12 +93,18 @@ def test_repro_produces_report_and_metrics(project):
     assert crf["num_images"] == 4
     for when in ("before", "after"):
         assert 0 <= crf[when]["mean_iu"] <= 1
-    row = next(line for line in report.splitlines() if line.startswith("| deeplab-largefov "))
+    row = next(line for line in report.splitlines() if line.startswith("| DeepLab-LargeFOV |"))
     cells = [c.strip() for c in row.split("|")[2:-1]]
-    assert cells[0] == f"{100 * crf['before']['mean_iu']:.1f}"
-    assert cells[1] == f"{100 * crf['after']['mean_iu']:.1f}"
+    assert cells[0] == "`deeplab-largefov`"
+    assert cells[1] == f"{100 * crf['before']['mean_iu']:.2f}"
+    assert cells[2] == f"{100 * crf['after']['mean_iu']:.2f}"
     assert cells[3:5] == ["62.25", "67.64"]  # DeepLab Table 1(a), beside ours
-    best = json.loads((root / "models" / "crf" / "best.json").read_text())
+    # masking at test time only (FCN Table 8): the fcn32s weights, evaluated on masked input
+    masked = json.loads((root / "metrics" / "fcn32s-test-mask-fg.json").read_text())
+    assert masked["mask"]["test"] == "fg" and 0 <= masked["mean_iu_fg"] <= 1
+    assert "| Reference-BG (test: foreground masked) | `fcn32s-test-mask-fg` |" in report
+    assert "(not in `run`)" in report  # declared experiments outside the micro set are listed
+    best = json.loads((root / "models" / "crf" / "deeplab-largefov" / "best.json").read_text())
     assert best["num_trials"] == 4 and best["num_images"] == 3  # 2 coarse + 2 new fine points
     figures = root / "reports" / "figures" / "deeplab-largefov-crf"
     assert (figures / "trimap.png").stat().st_size > 0
@@ -108,12 +119,12 @@ def test_second_repro_is_a_no_op_and_param_change_is_local(project):
     status = json.loads(run(["dvc", "status", "--json"], root, env) or "{}")
     assert status == {}
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"]["fcn16s"]["lr"]["tiny"] = 5e-4
+    params["run"]["train"]["fcn16s"]["train"]["lr"]["tiny"] = 5e-4
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(run(["dvc", "status", "--json"], root, env))
-    # fcn16s's own stage is invalidated by the param; downstream ones follow once it reruns
-    # (its model changes); nothing upstream (data, backbone, fcn32s) reruns
-    assert set(status) == {"train@fcn16s"}
+    # fcn16s's own stage is invalidated by the param (and the report, which lists the run set);
+    # downstream ones follow once it reruns (its model changes); nothing upstream reruns
+    assert set(status) == {"train@fcn16s", "report"}
     out = run(["dvc", "repro"], root, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {

@@ -22,7 +22,10 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> n
 
 
 def segmentation_scores(hist: np.ndarray) -> dict:
-    """pixel_acc, mean_acc, mean_iu, fw_iu and per-class IU (NaN where undefined)."""
+    """pixel_acc, mean_acc, mean_iu, fw_iu and per-class IU (NaN where undefined).
+
+    ``mean_iu_fg`` leaves class 0 (background) out, as FCN Table 8 reports.
+    """
     hist = np.asarray(hist, dtype=np.float64)
     diag = np.diag(hist)
     rows = hist.sum(axis=1)  # truth
@@ -39,5 +42,6 @@ def segmentation_scores(hist: np.ndarray) -> dict:
         "mean_acc": float(np.nanmean(class_acc)) if np.isfinite(class_acc).any() else float("nan"),
         "mean_iu": float(np.nanmean(iu)) if np.isfinite(iu).any() else float("nan"),
         "fw_iu": float((freq[seen] * iu[seen]).sum()),
+        "mean_iu_fg": float(np.nanmean(iu[1:])) if np.isfinite(iu[1:]).any() else float("nan"),
         "per_class_iu": [None if np.isnan(v) else float(v) for v in iu],
     }
