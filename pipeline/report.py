@@ -44,6 +44,10 @@ COLUMNS: dict[str, Column] = {
     "ap": Column("AP", "metrics", 1, 3),
     "mean": Column("mean angle", "metrics", 1, 1),
     "median": Column("median angle", "metrics", 1, 1),
+    "rmse": Column("RMSE angle", "metrics", 1, 1),
+    "within_11_25": Column("% < 11.25", "metrics", 1, 1),
+    "within_22_5": Column("% < 22.5", "metrics", 1, 1),
+    "within_30": Column("% < 30", "metrics", 1, 1),
 }
 
 
@@ -85,7 +89,10 @@ class Ours:
     def _load(self, exp: str, source: str) -> dict | None:
         key = (exp, source)
         if key not in self._cache:
-            if source == "describe":
+            if exp not in self.experiments:  # a baseline stage's metrics (reference `ours:`)
+                path = self.metrics_dir / f"{exp}.json"
+                self._cache[key] = json.loads(path.read_text()) if path.is_file() else None
+            elif source == "describe":
                 self._cache[key] = _describe(self.experiments[exp]["model"])
             else:
                 suffix = "-crf" if source == "crf" else ""
@@ -111,6 +118,9 @@ def table_markdown(table_id: str, table: dict, ours: Ours, provenance: str) -> s
         row = (entry.get("tables") or {}).get(table_id)
         if row is not None:
             by_row.setdefault(row, []).append(exp)
+    for row, paper in table["rows"].items():
+        if (paper or {}).get("ours") and row not in by_row:
+            by_row[row] = [paper["ours"]]  # a baseline evaluated by its own stage (e.g. Canny)
     rows = list(table["rows"]) + [r for r in by_row if r not in table["rows"]]
     headers = [f"{COLUMNS[c].header} (ours)" for c in columns]
     headers += [f"{COLUMNS[c].header} (paper)" for c in columns]
@@ -129,7 +139,10 @@ def table_markdown(table_id: str, table: dict, ours: Ours, provenance: str) -> s
             if exp is None:
                 label, cells = "not declared", ["n/a"] * len(columns)
             else:
-                label = f"`{exp}`" + ("" if exp in ours.ran else " (not in `run`)")
+                if exp in ours.experiments:
+                    label = f"`{exp}`" + ("" if exp in ours.ran else " (not in `run`)")
+                else:
+                    label = f"`{exp}` (baseline)"
                 cells = [_fmt(ours.value(exp, c), COLUMNS[c].digits) for c in columns]
             cells += [_fmt(paper.get(c), COLUMNS[c].digits) for c in columns]
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
@@ -154,6 +167,30 @@ def crf_parameters_line(ours: Ours, experiments: list[str]) -> str:
     )
 
 
+def upper_bound_markdown(result: dict, paper: dict) -> str:
+    """FCN 6.3: every resampling variant we computed, beside the paper's row."""
+    factors = list(paper["factors"])
+    lines = [
+        f"### {paper['title']}",
+        "",
+        f"Ours: {result['source']}, {next(iter(result['methods'].values()))['num_images']} "
+        f"images (stage `upper_bound`). Paper: {paper['source']}. Default variant: "
+        f"`{result['default_method']}`.",
+        "",
+        "| variant | " + " | ".join(f"factor {f}" for f in factors) + " |",
+        "|---|" + "---|" * len(factors),
+    ]
+    for method, scores in result["methods"].items():
+        cells = []
+        for f in factors:
+            s = scores["factors"].get(str(f)) or scores["factors"].get(f)
+            cells.append(_fmt(100 * s["mean_iu"] if s else None, 2))
+        mark = " (default)" if method == result["default_method"] else ""
+        lines.append(f"| {method}{mark} | " + " | ".join(cells) + " |")
+    lines.append("| paper | " + " | ".join(_fmt(paper["factors"][f], 1) for f in factors) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def build_report(
     metrics_dir: Path, experiments: dict[str, dict], ran: list[str], crf: list[str], provenance: str
 ) -> str:
@@ -166,7 +203,11 @@ def build_report(
         "",
     ]
     for table_id, table in all_tables().items():
-        if any(table_id in (e.get("tables") or {}) for e in experiments.values()):
+        if table_id == "fcn_upper_bound":
+            path = Path(metrics_dir) / "upper_bound.json"
+            if path.is_file():
+                sections.append(upper_bound_markdown(json.loads(path.read_text()), table))
+        elif any(table_id in (e.get("tables") or {}) for e in experiments.values()):
             sections.append(table_markdown(table_id, table, ours, provenance))
             if table_id == "deeplab_crf":
                 line = crf_parameters_line(ours, crf)

@@ -1,7 +1,8 @@
 """DVC stage `evaluate@<experiment>`: score a trained model on its dataset's val split.
 
-Writes metrics/<experiment>.json (DVC metrics) and reports/figures/<experiment>/ (prediction
-grid, confusion matrix), with the experiment's test-time input masking (FCN Table 8).
+Segmentation: FCN metrics (with the experiment's test-time input masking, FCN Table 8), a
+prediction grid and a confusion matrix. Edges: the BSDS benchmark (ODS/OIS/AP) with a PR curve.
+Writes metrics/<experiment>.json (DVC metrics) and reports/figures/<experiment>/.
 """
 
 import json
@@ -10,11 +11,46 @@ import sys
 import mlflow
 
 from pipeline.data.builtin import VOC_CLASSES
-from pipeline.evaluate import evaluate, write_outputs
+from pipeline.evaluate import edge_summary, evaluate, write_outputs
 from pipeline.experiment import experiment, input_spec, load_trained, prepared_split
 from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, repo_root
+from pipeline.raycluster import init_ray
 from pipeline.tracking import stage_run
+
+
+def evaluate_segmentation(model, config, table, spec, params, figures) -> dict:
+    scores, hist, kept = evaluate(
+        model,
+        table,
+        spec,
+        config.num_classes,
+        precision=config.precision,
+        loss_kind=config.loss_kind,
+        keep_examples=params.get("evaluate.num_qualitative"),
+    )
+    return write_outputs(scores, hist, kept, VOC_CLASSES, figures)
+
+
+def evaluate_edges(model, table, spec, params, figures) -> dict:
+    from pipeline.evaluate_edges import evaluate_edge_model
+
+    edges = params.section("evaluate.edges")
+    init_ray(params)
+    result = evaluate_edge_model(
+        model,
+        table,
+        spec,
+        n_thresholds=edges["n_thresholds"],
+        max_dist=edges["max_dist"],
+        nms=edges["nms"],
+        scales=edges["scales"],
+        out_dir=figures,
+        name="edges",
+        progress=True,
+    )
+    return edge_summary(result)
+
 
 if __name__ == "__main__":
     key = sys.argv[1]
@@ -23,17 +59,12 @@ if __name__ == "__main__":
     entry = experiment(params, key)
     model, config = load_trained(params, key)
     table = prepared_split(params, key, "val")
+    spec = input_spec(params, mask=entry["mask"]["test"])
     figures = root / "reports" / "figures" / key
-    scores, hist, kept = evaluate(
-        model,
-        table,
-        input_spec(params, mask=entry["mask"]["test"]),
-        config.num_classes,
-        precision=config.precision,
-        loss_kind=config.loss_kind,
-        keep_examples=params.get("evaluate.num_qualitative"),
-    )
-    metrics = write_outputs(scores, hist, kept, VOC_CLASSES, figures)
+    if entry["task"] == "edges":
+        metrics = evaluate_edges(model, table, spec, params, figures)
+    else:
+        metrics = evaluate_segmentation(model, config, table, spec, params, figures)
     metrics.update(num_images=table.num_rows, dataset=entry["dataset"], mask=entry["mask"])
     write_text_atomic(root / "metrics" / f"{key}.json", json.dumps(metrics, indent=1) + "\n")
     with stage_run(params, f"evaluate {key}", tags={"densepipe.kind": "evaluate", "model": key}):
@@ -41,4 +72,5 @@ if __name__ == "__main__":
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         mlflow.log_artifacts(str(figures), artifact_path="figures")
         mlflow.log_dict(metrics, "metrics.json")
-    print(f"{key}: mean IU {metrics['mean_iu']:.4f}, pixel acc {metrics['pixel_acc']:.4f}")
+    main = ("ods", "ois", "ap") if entry["task"] == "edges" else ("mean_iu", "pixel_acc")
+    print(f"{key}: " + ", ".join(f"{m} {metrics[m]:.4f}" for m in main))

@@ -1,0 +1,39 @@
+"""DVC stage `upper_bound`: FCN §6.3 / Appendix A, mean IU of ground truth down- and
+up-sampled by each output stride, for every resampling variant (the paper does not say which).
+
+Labels: ``upper_bound.labels`` + ``upper_bound.split`` (e.g. VOC2012 SegmentationClass and
+seg11valid.txt); when they are null, the built-in VOC labels of the val split. Writes
+metrics/upper_bound.json; the report prints every variant beside the paper's row.
+"""
+
+import json
+
+from pipeline.analysis.upper_bound import DEFAULT_METHOD, METHODS, compare_methods
+from pipeline.data.acquire import voc_root
+from pipeline.data.base import read_split_file
+from pipeline.errors import ParamsError
+from pipeline.fsutil import write_text_atomic
+from pipeline.params import load_params, repo_root
+
+if __name__ == "__main__":
+    params = load_params()
+    root = repo_root()
+    spec = params.section("upper_bound")
+    labels, split = spec.get("labels"), spec.get("split")
+    if (labels is None) != (split is None):
+        raise ParamsError("upper_bound.labels and upper_bound.split are set together (or neither)")
+    if labels is None:
+        voc = voc_root(root / "data" / "raw" / "voc")
+        labels, split = voc / "SegmentationClass", voc / "ImageSets" / "Segmentation" / "val.txt"
+        source = "built-in VOC val labels"
+    else:
+        labels, split = (root / labels).resolve(), (root / split).resolve()
+        source = f"{labels} ({split.name})"
+    ids = read_split_file(split)
+    results = compare_methods(labels, ids, spec.get("factors"), METHODS)
+    payload = {"source": source, "default_method": DEFAULT_METHOD, "methods": results}
+    out = root / "metrics" / "upper_bound.json"
+    write_text_atomic(out, json.dumps(payload, indent=1, default=float) + "\n")
+    for method, result in results.items():
+        ious = " ".join(f"{100 * s['mean_iu']:.2f}" for s in result["factors"].values())
+        print(f"{method:16s} {ious}")
