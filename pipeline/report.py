@@ -25,6 +25,7 @@ class Column:
     source: str  # metrics: metrics/<exp>.json | crf: metrics/<exp>-crf.json | describe: the model
     scale: float = 100.0  # ours -> the paper's unit
     digits: int = 1
+    field: str | None = None  # the key in our source, when it differs from the column's
 
 
 COLUMNS: dict[str, Column] = {
@@ -36,7 +37,8 @@ COLUMNS: dict[str, Column] = {
     "before": Column("mean IU DCNN", "crf", digits=2),
     "after": Column("mean IU DCNN+CRF", "crf", digits=2),
     "conv_layers": Column("conv. layers", "describe", 1, 0),
-    "parameters": Column("parameters (M)", "describe", 1e-6, 1),
+    # the papers count the net without its (fixed, bilinear) upsampling deconvolution
+    "parameters": Column("parameters (M)", "describe", 1e-6, 1, "parameters_excluding_upsampling"),
     "rf_size": Column("rf size", "describe", 1, 0),
     "max_stride": Column("max stride", "describe", 1, 0),
     "ods": Column("ODS", "metrics", 1, 3),
@@ -106,7 +108,8 @@ class Ours:
         data = self._load(exp, col.source)
         if data is None:
             return None
-        raw = data.get(column) if col.source != "crf" else data.get(column, {}).get("mean_iu")
+        field = col.field or column
+        raw = data.get(field) if col.source != "crf" else data.get(field, {}).get("mean_iu")
         return None if raw is None else raw * col.scale
 
 
