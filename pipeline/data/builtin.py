@@ -73,8 +73,9 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
     return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
 
 
-def _shape_mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+def shape_mask(shape: str, height: int, width: int, cy: float, cx: float, r: float) -> np.ndarray:
+    """Boolean HxW mask of one of :data:`SHAPES`, centred at (cy, cx) with radius r."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     dy, dx = yy - cy, xx - cx
     if shape == "disc":
         return dy**2 + dx**2 <= r**2
@@ -96,8 +97,9 @@ def _shape_mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.nda
     return (np.abs(dx) <= r * 0.4) & (np.abs(dy) <= r)  # vbar
 
 
-def _texture(texture: str, size: int, period: int, phase: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size]
+def texture_pattern(texture: str, height: int, width: int, period: int, phase: int) -> np.ndarray:
+    """HxW 0/1 pattern of one of :data:`TEXTURES` (``plain`` is all zeros)."""
+    yy, xx = np.mgrid[0:height, 0:width]
     if texture == "hstripes":
         return ((yy + phase) // period) % 2
     if texture == "vstripes":
@@ -108,29 +110,40 @@ def _texture(texture: str, size: int, period: int, phase: int) -> np.ndarray:
         return (((yy + phase) % (2 * period)) < period // 2 + 1) & (
             ((xx + phase) % (2 * period)) < period // 2 + 1
         )
-    return np.zeros((size, size), bool)
+    return np.zeros((height, width), bool)
+
+
+def textured_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """HxWx3 float image: a random base colour, a smooth colour field and fine noise."""
+    low = rng.normal(0, 1, (3, height // 8 + 2, width // 8 + 2))
+    zoom = (height / low.shape[1], width / low.shape[2])
+    field = np.stack([ndimage.zoom(c, zoom, order=3)[:height, :width] for c in low], -1)
+    base = rng.uniform(60, 190, 3)
+    return base + 25 * field + rng.normal(0, 10, (height, width, 3))
+
+
+def paint_object(image: np.ndarray, mask: np.ndarray, k: int, rng: np.random.Generator) -> None:
+    """Paint class ``k``'s colour and texture (with jitter and noise) into ``image`` at ``mask``."""
+    _, rgb, texture = _class_style(k)
+    colour = np.clip(rgb + rng.normal(0, 18, 3), 0, 255)
+    height, width = mask.shape
+    tex = texture_pattern(texture, height, width, int(rng.integers(2, 4)), int(rng.integers(0, 4)))
+    obj = colour * (1 - 0.45 * tex[..., None])
+    image[mask] = obj[mask] + rng.normal(0, 8, (int(mask.sum()), 3))
 
 
 def render_example(spec: BuiltinSpec, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Image ``index``: HxWx3 uint8 RGB and HxW uint8 label (0 background, 255 void band)."""
     rng = np.random.default_rng([spec.seed, index])
     n = spec.size
-    # textured background: smooth colour field plus fine noise
-    low = rng.normal(0, 1, (3, n // 8 + 2, n // 8 + 2))
-    field = np.stack([ndimage.zoom(c, n / c.shape[0], order=3)[:n, :n] for c in low], -1)
-    base = rng.uniform(60, 190, 3)
-    image = base + 25 * field + rng.normal(0, 10, (n, n, 3))
+    image = textured_background(rng, n, n)
     label = np.zeros((n, n), np.uint8)
     for _ in range(rng.integers(1, spec.max_objects + 1)):
         k = int(rng.integers(1, spec.num_object_classes + 1))
-        shape, rgb, texture = _class_style(k)
         r = rng.uniform(0.12, 0.25) * n
         cy, cx = rng.uniform(r * 0.7, n - r * 0.7, 2)
-        mask = _shape_mask(shape, n, cy, cx, r)
-        colour = np.clip(rgb + rng.normal(0, 18, 3), 0, 255)
-        tex = _texture(texture, n, int(rng.integers(2, 4)), int(rng.integers(0, 4)))
-        obj = colour * (1 - 0.45 * tex[..., None])
-        image[mask] = obj[mask] + rng.normal(0, 8, (int(mask.sum()), 3))
+        mask = shape_mask(_class_style(k)[0], n, n, cy, cx, r)
+        paint_object(image, mask, k, rng)
         label[mask] = k
     if spec.void_width > 0:
         # VOC marks object borders void: here the outer side of every boundary, void_width wide

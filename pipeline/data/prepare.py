@@ -21,6 +21,7 @@ from pipeline.errors import DataError
 from pipeline.fsutil import atomic_path
 
 ROWS_PER_SHARD = 500
+ROWS_PER_TASK = 8  # examples per map task: small, so every CPU gets work (one task per block)
 
 
 def _filename_provider():
@@ -70,13 +71,24 @@ def prepare_split(dataset: Dataset, root: Path, split: str, out_dir: Path) -> in
     ctx.execution_options.preserve_order = True
     ctx.raise_original_map_exception = True  # a bad file surfaces as our DataError
     ctx.enable_progress_bars = True
-    num_blocks = max(1, math.ceil(len(ids) / ROWS_PER_SHARD))
+    # Ray Data reserves part of the CPUs per operator by default; on a small node that leaves
+    # a CPU idle (as in pipeline/crf.py)
+    ctx.op_resource_reservation_enabled = False
+    num_blocks = max(1, math.ceil(len(ids) / ROWS_PER_TASK))
     root = Path(root)
 
     def load(row: dict) -> dict:
         return dataset.load_example(root, row["id"])
 
-    ds = ray.data.from_items([{"id": i} for i in ids], override_num_blocks=num_blocks).map(load)
+    # Loading runs as one task per ROWS_PER_TASK ids, in parallel. The streaming repartition
+    # (which Ray does not fuse into the map) then regroups the loaded rows, in order, into
+    # ROWS_PER_SHARD-row blocks, one per shard file: written directly after the map, the write's
+    # bundling of ROWS_PER_SHARD rows would be fused into the map and serialise it on one CPU.
+    ds = (
+        ray.data.from_items([{"id": i} for i in ids], override_num_blocks=num_blocks)
+        .map(load)
+        .repartition(target_num_rows_per_block=ROWS_PER_SHARD, strict=True)
+    )
     with atomic_path(out_dir) as tmp:
         try:
             ds.write_parquet(
