@@ -129,7 +129,11 @@ def train_config(args):
         task="edges",
         loss_reduction="pixel",
         precision="fp32",
-        augment={"mirror": args.mirror, "scales": _floats(args.train_scales)},
+        augment={
+            "mirror": args.mirror,
+            "scales": _floats(args.train_scales),
+            "edge_labels": True,
+        },
         input={"norm": "caffe"},
         seed=args.seed,
         log_every=10,

@@ -61,12 +61,17 @@ class Augment:
     ``mirror`` / ``jitter``: FCN §4.3 (mirroring, translations up to ``jitter`` px).
     ``scales``: PixelNet's multi-scale training (edges: random 0.5x or 1.0x): one scale drawn
     per batch from the list, the image resized bilinearly and the label with nearest neighbour
-    (class indices, edge 0/1 and void 255 stay exactly those values). Empty: off.
+    (class indices and void 255 stay exactly those values). Empty: off.
+    ``edge_labels``: the labels are 0/1 edges (255 void): when shrinking, an output pixel is an
+    edge if *any* input pixel under it is (nearest neighbour would drop every 1-px line that
+    falls between the sampled rows, half of them at 0.5x, and turn them into negatives);
+    void wins over non-edge the same way.
     """
 
     mirror: bool = False
     jitter: int = 0
     scales: tuple[float, ...] = ()
+    edge_labels: bool = False
 
     def __post_init__(self) -> None:
         scales = self.scales
@@ -92,15 +97,29 @@ def _shift(array: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
     return out
 
 
-def rescale(image: np.ndarray, label: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Resize an (image, label) pair by ``scale``: bilinear image, nearest-neighbour label."""
+def rescale(
+    image: np.ndarray, label: np.ndarray, scale: float, edge_labels: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an (image, label) pair by ``scale``: bilinear image, nearest-neighbour label.
+
+    ``edge_labels`` (0/1 edges, 255 void) and ``scale < 1``: edge where any covered input pixel
+    is an edge (box coverage > 0), else void where any is void, else 0 (no edge is lost, none
+    is invented, and unsure pixels stay unsure).
+    """
     from PIL import Image
 
     h, w = label.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
-    return image, label
+    nearest = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+    if not edge_labels or scale >= 1.0:
+        return image, nearest
+
+    def covered(mask: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(mask.astype(np.float32)).resize(size, Image.BOX)) > 0
+
+    edges, void = covered(label == 1), covered(label == VOID)
+    return image, np.where(edges, 1, np.where(void, VOID, 0)).astype(np.uint8)
 
 
 def decode_rows(batch: dict, augment: Augment | None = None, rng=None) -> list:
@@ -113,7 +132,7 @@ def decode_rows(batch: dict, augment: Augment | None = None, rng=None) -> list:
         image = decode_image(batch["image"][i], f"row {batch['id'][i]}")
         label = decode_label(batch["label"][i], f"row {batch['id'][i]}")
         if scale != 1.0:
-            image, label = rescale(image, label, scale)
+            image, label = rescale(image, label, scale, augment.edge_labels)
         if augment is not None and rng is not None:
             if augment.mirror and rng.random() < 0.5:
                 image, label = image[:, ::-1], label[:, ::-1]
