@@ -37,44 +37,51 @@ def golden(shared_data: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def hha_unmasked(golden: dict[str, np.ndarray]) -> np.ndarray:
-    return depth_to_hha(golden["depth"], None).astype(int)
+def hha_default(golden: dict[str, np.ndarray]) -> np.ndarray:
+    """The call of the acceptance criterion: filled and raw depth, default camera and options."""
+    return depth_to_hha(golden["depth"], golden["raw"]).astype(int)
 
 
 @pytest.fixture(scope="module")
 def hha_masked(golden: dict[str, np.ndarray]) -> np.ndarray:
-    return depth_to_hha(golden["depth"], golden["raw"]).astype(int)
+    return depth_to_hha(golden["depth"], golden["raw"], mask_missing=True).astype(int)
 
 
 def _mad(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a - b).mean(axis=(0, 1))
 
 
-def test_golden_matches_matlab(hha_unmasked: np.ndarray, golden: dict[str, np.ndarray]) -> None:
-    """The MATLAB golden frame was produced with no missing pixels; we reproduce it exactly."""
-    mad = _mad(hha_unmasked, golden["matlab"])
-    assert (mad <= 0.01).all(), f"per-channel MAD vs MATLAB {mad}"
-    assert (hha_unmasked == golden["matlab"]).mean() > 0.999
+MATLAB_MAD_LIMIT = 6.8  # per channel, the issue's acceptance bound
 
 
-def test_golden_with_raw_mask(hha_masked: np.ndarray, golden: dict[str, np.ndarray]) -> None:
-    """With the raw-depth mask: channel by channel against both references."""
+def test_golden_default_matches_matlab(
+    hha_default: np.ndarray, golden: dict[str, np.ndarray]
+) -> None:
+    """depth_to_hha(depth, raw_depth) is within MAD 6.8 of MATLAB per channel: in fact equal
+    (the golden was made with every pixel in the fits, see pipeline.data.hha)."""
+    mad = _mad(hha_default, golden["matlab"])
+    assert (mad <= MATLAB_MAD_LIMIT).all(), f"per-channel MAD vs MATLAB {mad}"
+    assert (mad == 0).all(), f"per-channel MAD vs MATLAB {mad}"
+    assert np.array_equal(hha_default, depth_to_hha(golden["depth"], None))
+
+
+def test_golden_masked_option(hha_masked: np.ndarray, golden: dict[str, np.ndarray]) -> None:
+    """mask_missing=True (saveHHA's missingMask from raw depth), the documented figures: vs
+    MATLAB 0 / 0.185 / 20.47 per channel, so the angle fails the golden's 6.8; vs the Python
+    port run with the same mask it agrees wherever the plane fit is well posed."""
     vs_matlab = _mad(hha_masked, golden["matlab"])
-    # disparity and height do not depend on the mask (beyond a tiny gravity shift) ...
     assert vs_matlab[0] == 0 and vs_matlab[1] < 0.5, vs_matlab
-    # ... the angle does; overall we stay within what the best-known port reaches (6.8)
-    assert vs_matlab.mean() <= 6.9, vs_matlab
-    # the Python port run with the same mask: equal wherever the plane fit is well posed
+    assert 15 < vs_matlab[2] < 25, vs_matlab  # documented 20.47: the mask changes the normals
     vs_port = _mad(hha_masked, golden["port"])
     assert (vs_port <= np.array([0.01, 0.05, 1.0])).all(), vs_port
 
 
-def test_golden_channel_order(hha_unmasked: np.ndarray, golden: dict[str, np.ndarray]) -> None:
+def test_golden_channel_order(hha_default: np.ndarray, golden: dict[str, np.ndarray]) -> None:
     """PNG channel R is disparity 31000 / max(Z_cm, 100), as MATLAB's imwrite writes it."""
     z_cm = golden["depth"] * 100
     disparity = np.floor(31000 / np.maximum(z_cm, 100) + 0.5)
-    assert np.array_equal(hha_unmasked[..., 0], np.clip(disparity, 0, 255))
-    assert np.array_equal(golden["matlab"][..., 0], hha_unmasked[..., 0])
+    assert np.array_equal(hha_default[..., 0], np.clip(disparity, 0, 255))
+    assert np.array_equal(golden["matlab"][..., 0], hha_default[..., 0])
 
 
 def test_png_roundtrip(tmp_path: Path, golden: dict[str, np.ndarray]) -> None:
@@ -233,14 +240,27 @@ def test_shape_mismatch_is_data_error() -> None:
         depth_to_hha(depth[None], None, SMALL_CAM)
 
 
-def test_all_missing_raw_is_data_error() -> None:
+def test_all_missing_raw_is_data_error_with_mask() -> None:
     depth, _, _ = _room(0.0)
     with pytest.raises(DataError, match="no valid pixel"):
-        depth_to_hha(depth, np.zeros_like(depth), SMALL_CAM)
+        depth_to_hha(depth, np.zeros_like(depth), SMALL_CAM, mask_missing=True)
     with pytest.raises(DataError, match="too few"):
         sparse = np.zeros_like(depth)
         sparse[::50, ::50] = 1.0  # isolated pixels: no window can fit a plane
-        depth_to_hha(depth, sparse, SMALL_CAM)
+        depth_to_hha(depth, sparse, SMALL_CAM, mask_missing=True)
+
+
+def test_default_ignores_raw_holes_mask_uses_them() -> None:
+    """Default: the raw depth's holes do not enter the fits (the golden's convention)."""
+    depth, _, _ = _room(0.0)
+    raw = depth.copy()
+    raw[20:60, 100:200] = 0
+    full = depth_to_hha(depth, None, SMALL_CAM)
+    assert np.array_equal(depth_to_hha(depth, raw, SMALL_CAM), full)
+    assert np.array_equal(depth_to_hha(depth, np.zeros_like(depth), SMALL_CAM), full)
+    masked = depth_to_hha(depth, raw, SMALL_CAM, mask_missing=True)
+    assert (masked[..., 2] != full[..., 2]).any()  # no normal in the hole's centre: 180 deg
+    assert np.array_equal(masked[..., 0], full[..., 0])
 
 
 def test_bad_filled_depth_is_data_error() -> None:

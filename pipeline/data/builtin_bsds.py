@@ -17,6 +17,7 @@ depends only on ``(seed, i)``.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,14 +147,24 @@ def render_bsds_example(
     return image, segmentations, boundaries
 
 
+MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: densepipe builtin BSDS, Created on: 1970-01-01"
+
+
 def _write_ground_truth(path: Path, segmentations: np.ndarray, boundaries: np.ndarray) -> None:
-    """``groundTruth``: a 1 x n MATLAB cell of structs with Segmentation and Boundaries."""
+    """``groundTruth``: a 1 x n MATLAB cell of structs with Segmentation and Boundaries.
+
+    The MAT header's 116 text bytes carry a creation date; a fixed text keeps files identical
+    from run to run (so DVC caches them).
+    """
     import scipy.io
 
     cell = np.empty((1, len(segmentations)), dtype=object)
     for k, (seg, bdry) in enumerate(zip(segmentations, boundaries, strict=True)):
         cell[0, k] = {"Segmentation": seg.astype(np.uint16), "Boundaries": bdry.astype(bool)}
-    scipy.io.savemat(str(path), {"groundTruth": cell})
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"groundTruth": cell})
+    data = buf.getvalue()
+    path.write_bytes(MAT_HEADER.ljust(116, b" ") + data[116:])
 
 
 def bsds_example_id(index: int) -> str:

@@ -17,7 +17,11 @@ Conventions of FCN's ``NYUDSegDataLayer`` (it reads Gupta's ``rcnn-depth`` expor
 
 Extra columns: ``depth`` and ``raw_depth`` as uint16 PNGs in millimetres (0 = no measurement),
 and ``hha`` (PNG) when :mod:`pipeline.data.hha` is importable, computed as rcnn-depth does from
-the millimetre depth with the camera intrinsics shifted by the crop.
+the millimetre depth with the camera intrinsics shifted by the crop. By default every pixel
+enters HHA's normal fits, which reproduces the MATLAB golden frame (see :mod:`pipeline.data.hha`);
+``hha_mask_missing=True`` leaves out pixels without raw depth (``saveHHA``'s ``missingMask``).
+The column is computed inside ``load_example``, i.e. inside the prepare stage's Ray Data map, so
+frames are encoded in parallel.
 """
 
 from __future__ import annotations
@@ -109,7 +113,8 @@ class NYUD:
 
     ``root`` holds ``nyu_depth_v2_labeled.mat``, ``splits.mat`` and ``classMapping40.mat``
     (directly or under ``metadata/``) and FCN's lists ``train/val/test.txt`` (directly or under
-    ``fcn-splits/``). ``hha=None`` adds the ``hha`` column exactly when the HHA module imports.
+    ``fcn-splits/``). ``hha=None`` adds the ``hha`` column exactly when the HHA module imports;
+    ``hha_mask_missing`` is :func:`pipeline.data.hha.depth_to_hha`'s ``mask_missing``.
     """
 
     name = "nyud"
@@ -117,9 +122,12 @@ class NYUD:
     num_classes = len(NYUD_CLASSES)
     splits = SPLITS
 
-    def __init__(self, crop: bool = True, hha: bool | None = None) -> None:
+    def __init__(
+        self, crop: bool = True, hha: bool | None = None, hha_mask_missing: bool = False
+    ) -> None:
         self.crop = crop
         self.hha = hha
+        self.hha_mask_missing = bool(hha_mask_missing)
 
     # -- splits ----------------------------------------------------------------------------
     def list_ids(self, root: Path, split: str) -> list[str]:
@@ -248,6 +256,10 @@ class NYUD:
         if "camera" in params and camera is not None and self.crop:
             camera = camera.crop(GUPTA_CROP[0].start, GUPTA_CROP[1].start)
             kwargs["camera"] = camera
+        if self.hha_mask_missing:
+            if "mask_missing" not in params:
+                raise DataError("hha_mask_missing=True but depth_to_hha has no mask_missing")
+            kwargs["mask_missing"] = True
         depth_m = depth_mm.astype(np.float64) / 1000.0
         raw_m = raw_mm.astype(np.float64) / 1000.0
         if (depth_mm == 0).any():
