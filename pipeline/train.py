@@ -93,7 +93,9 @@ class LossModule(torch.nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, generator=None):
         cfg = self.config
         if hasattr(self.net, "training_loss"):
-            return self.net.training_loss(x, y, task=cfg.task, generator=generator)
+            return self.net.training_loss(
+                x, y, task=cfg.task, generator=generator, reduction=cfg.loss_reduction
+            )
         logits = self.net(x)
         if logits.shape[-2:] != y.shape[-2:]:
             y = self.net.subsample_labels(y, logits)
