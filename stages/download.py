@@ -1,9 +1,21 @@
-"""DVC stage `download`: materialise the raw dataset (built-in, downloaded or local)."""
+"""DVC stage `download NAME`: materialise data/raw/NAME (built-in, downloaded or a local copy).
 
-from pipeline.data.acquire import acquire_voc
-from pipeline.params import load_params, repo_root
+Reads ``data.<NAME>`` (source, local_path, builtin, splits); every configured split is listed
+afterwards, so a missing split file fails here rather than in `prepare`.
+"""
+
+import argparse
+
+from pipeline.data.acquire import acquire, check_splits, data_config, dataset_names, raw_dir
+from pipeline.params import load_params
 
 if __name__ == "__main__":
-    params = load_params()
-    root = acquire_voc(params, repo_root() / "data" / "raw" / params.get("data.dataset"))
-    print(f"dataset ready at {root}")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("name", help=f"dataset: one of {', '.join(dataset_names())}")
+    parser.add_argument("--params", help="params file (default: params.yaml at the repo root)")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    config = data_config(params, args.name)
+    root = acquire(config, raw_dir(args.name))
+    counts = check_splits(config, root)
+    print(f"{args.name} ({config.source}) ready at {root}: {counts}")

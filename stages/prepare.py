@@ -1,18 +1,18 @@
-"""DVC stage `prepare`: validate every example and write Parquet shards with Ray Data."""
+"""DVC stage `prepare NAME`: validate every example of data/raw/NAME and write Parquet shards
+(Ray Data) to data/prepared/NAME/<split>, one folder per entry of ``data.<NAME>.splits``."""
 
-from pipeline.data.acquire import voc_root
-from pipeline.data.prepare import prepare_split
-from pipeline.data.voc import VOC
+import argparse
+
+from pipeline.data.acquire import data_config, dataset_names, prepare_dataset, raw_dir
 from pipeline.params import load_params, repo_root
 from pipeline.raycluster import init_ray
 
 if __name__ == "__main__":
-    params = load_params()
-    name = params.get("data.dataset")
-    root = voc_root(repo_root() / "data" / "raw" / name)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("name", help=f"dataset: one of {', '.join(dataset_names())}")
+    parser.add_argument("--params", help="params file (default: params.yaml at the repo root)")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    config = data_config(params, args.name)  # every params error before Ray starts
     init_ray(params)
-    for split_key in ("train_split", "val_split"):
-        split = params.get(f"data.{split_key}")
-        out = repo_root() / "data" / "prepared" / name / split_key.removesuffix("_split")
-        n = prepare_split(VOC(), root, split, out)
-        print(f"{name}/{split}: {n} examples -> {out}")
+    prepare_dataset(config, raw_dir(args.name), repo_root() / "data" / "prepared" / args.name)
