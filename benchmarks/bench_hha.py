@@ -1,6 +1,6 @@
 """Time HHA encoding of one 640x480 NYU frame (median of a few runs).
 
-Usage: python benchmarks/bench_hha.py [--runs N] [--depth 0.png --raw 0_raw.png]
+Usage: python benchmarks/bench_hha.py [--runs N] [--depth 0.png --raw 0_raw.png] [--mask-missing]
 Without files it uses the golden frame from the shared fixtures, else a synthetic room.
 """
 
@@ -44,18 +44,23 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--depth", type=Path)
     p.add_argument("--raw", type=Path)
+    p.add_argument(
+        "--mask-missing", action="store_true", help="fit normals on raw-depth pixels only"
+    )
     args = p.parse_args()
     depth, raw, name = _frame(args)
-    depth_to_hha(depth, raw)  # warm-up
+    kwargs = {"mask_missing": args.mask_missing}
+    depth_to_hha(depth, raw, **kwargs)  # warm-up
     times, cpu = [], []
     for _ in range(args.runs):
         t0, c0 = time.perf_counter(), time.process_time()
-        depth_to_hha(depth, raw)
+        depth_to_hha(depth, raw, **kwargs)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     h, w = depth.shape
     print(
-        f"HHA {w}x{h} ({name}): median {statistics.median(times):.3f} s/frame wall "
+        f"HHA {w}x{h} ({name}, mask_missing={args.mask_missing}): "
+        f"median {statistics.median(times):.3f} s/frame wall "
         f"(min {min(times):.3f}; CPU {statistics.median(cpu):.3f} s; {args.runs} runs)"
     )
 

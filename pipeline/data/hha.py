@@ -24,9 +24,10 @@ D, D) byte for byte. Measured on that frame, per channel (disparity, height, ang
 
 So ``depth_to_hha(depth, raw_depth)`` reproduces the published golden, and the raw-depth mask
 is an explicit option (``mask_missing=True``; for NYUD, ``options.hha_mask_missing``) for
-those who want saveHHA's behaviour on real raw depth. Time: about 0.4 s of one CPU per 640x480
-frame (``benchmarks/bench_hha.py``); NYUD's prepare runs it inside the Ray Data map, so frames
-are encoded in parallel.
+those who want saveHHA's behaviour on real raw depth. Time per 640x480 frame
+(``benchmarks/bench_hha.py``, a shared 2-core machine): 0.28 s CPU default, 0.32 s masked (best
+wall 0.62 / 0.52 s under load). NYUD's prepare runs it inside the Ray Data map, so frames are
+encoded in parallel.
 """
 
 from __future__ import annotations
