@@ -293,3 +293,41 @@ def test_stage_scripts_download_and_prepare_bsds(tmp_path):
     bad = run(str(REPO / "stages/download.py"), "kitti")
     assert bad.returncode != 0 and "data.kitti" in bad.stderr
     assert not (tmp_path / "data/raw/kitti").exists()
+
+
+def test_voc_aug_url_builds_segmentation_class_aug(tmp_path, monkeypatch):
+    """url for voc_aug: VOC2012 and SBD downloads, then train_aug + SegmentationClassAug."""
+    import scipy.io
+
+    from pipeline.data import download
+    from pipeline.data.builtin import BuiltinSpec, write_builtin_voc
+
+    downloads = tmp_path / "data" / "raw" / "downloads"
+    voc = write_builtin_voc(downloads / "voc2012", BuiltinSpec(num_train=3, num_val=2, size=24))
+    sbd = downloads / "sbd" / "benchmark_RELEASE" / "dataset"
+    (sbd / "cls").mkdir(parents=True)
+    (sbd / "img").mkdir()
+    extra = "2001_000001"  # in SBD only: its label comes from cls/*.mat
+    label = np.zeros((24, 24), np.uint8)
+    label[5:10, 5:10] = 3
+    scipy.io.savemat(sbd / "cls" / f"{extra}.mat", {"GTcls": {"Segmentation": label}})
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(voc / "JPEGImages" / f"{extra}.jpg")
+    voc_train = (voc / "ImageSets/Segmentation/train.txt").read_text().split()
+    voc_val = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    (sbd / "train.txt").write_text(f"{extra}\n{voc_val[0]}\n")  # VOC val never enters train_aug
+    (sbd / "val.txt").write_text("")
+    roots = {"voc2012": voc, "sbd": sbd}
+    monkeypatch.setattr(download, "fetch", lambda name, root, progress=True: root / name)
+    monkeypatch.setattr(download, "dataset_dir", lambda name, root: roots[name])
+
+    config = data_config(_params(), "voc_aug")
+    root = acquire(config, tmp_path / "data" / "raw" / "voc_aug", progress=False)
+    assert root.name == "VOC2012" and not root.is_symlink()
+    dataset = config.dataset()
+    assert dataset.list_ids(root, "train_aug") == sorted([extra, *voc_train])
+    assert check_splits(config, root) == {"train": 4, "val": 2}
+    record = dataset.load_example(root, extra)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(record["label"]))), label)
+    voc_label = np.asarray(Image.open(voc / "SegmentationClass" / f"{voc_val[0]}.png"))
+    aug = np.asarray(Image.open(root / "SegmentationClassAug" / f"{voc_val[0]}.png"))
+    assert np.array_equal(aug, voc_label)  # VOC's own label (void borders) where VOC has one
