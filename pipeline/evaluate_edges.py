@@ -37,6 +37,7 @@ __all__ = [
     "predict_edge_map",
     "predict_edge_maps",
     "row_boundaries",
+    "summary",
 ]
 
 
@@ -304,3 +305,21 @@ def evaluate_canny(
     )
     out["settings"]["canny_sigma"] = sigma
     return out
+
+
+def summary(result: dict[str, Any]) -> dict[str, float | int]:
+    """Flat DVC-metrics view of a result: ``ods``/``ois``/``ap`` as numbers (what the report's
+    ODS/OIS/AP columns read), plus the ODS threshold, precisions, recalls and counts."""
+    ods, ois = result["ods"], result["ois"]
+    return {
+        "ods": float(ods["f"]),
+        "ois": float(ois["f"]),
+        "ap": float(result["ap"]),
+        "ods_precision": float(ods["precision"]),
+        "ods_recall": float(ods["recall"]),
+        "ods_threshold": float(ods["threshold"]),
+        "ois_precision": float(ois["precision"]),
+        "ois_recall": float(ois["recall"]),
+        "n_images": int(result["n_images"]),
+        "n_thresholds": int(result["settings"]["n_thresholds"]),
+    }

@@ -24,6 +24,7 @@ from pipeline.evaluate_edges import (
     evaluate_edge_model,
     predict_edge_maps,
     row_boundaries,
+    summary,
 )
 
 SIZE = 64
@@ -101,6 +102,9 @@ def test_perfect_model_scores_one_and_worse_models_less(ray_local) -> None:
     assert perfect["ap"] > 0.75
     assert {r["id"] for r in perfect["images"]} == {"im0", "im1"}
     assert perfect["settings"]["scales"] == [1.0]
+    flat = summary(perfect)
+    assert flat["ods"] == perfect["ods"]["f"] and flat["ap"] == perfect["ap"]
+    assert flat["n_images"] == 2 and flat["n_thresholds"] == 9
     # NMS keeps the one-pixel lines (segment ends may lose a pixel to the border of the ridge)
     after_nms = evaluate_edge_model(RedChannel(), table, spec, n_thresholds=5, num_cpus=2)
     assert after_nms["settings"]["nms"] is True
