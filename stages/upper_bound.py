@@ -9,7 +9,7 @@ metrics/upper_bound.json; the report prints every variant beside the paper's row
 import json
 
 from pipeline.analysis.upper_bound import DEFAULT_METHOD, METHODS, compare_methods
-from pipeline.data.acquire import voc_root
+from pipeline.data.acquire import dataset_root
 from pipeline.data.base import read_split_file
 from pipeline.errors import ParamsError
 from pipeline.fsutil import write_text_atomic
@@ -23,7 +23,7 @@ if __name__ == "__main__":
     if (labels is None) != (split is None):
         raise ParamsError("upper_bound.labels and upper_bound.split are set together (or neither)")
     if labels is None:
-        voc = voc_root(root / "data" / "raw" / "voc")
+        voc = dataset_root("voc_aug", root / "data" / "raw" / "voc_aug")
         labels, split = voc / "SegmentationClass", voc / "ImageSets" / "Segmentation" / "val.txt"
         source = "built-in VOC val labels"
     else:

@@ -18,14 +18,23 @@ from tests_helpers import REPO
 
 pytestmark = pytest.mark.slow
 
-# the staged chain, an evaluation-only masking experiment, DeepLab with its CRF
-MICRO_RUN = ("fcn32s", "fcn16s", "fcn8s", "fcn32s-test-mask-fg", "deeplab-largefov")
+# the staged chain, an evaluation-only masking experiment, DeepLab with its CRF, PixelNet edges
+MICRO_RUN = (
+    "fcn32s",
+    "fcn16s",
+    "fcn8s",
+    "fcn32s-test-mask-fg",
+    "deeplab-largefov",
+    "pixelnet-edges",
+)
 COPY = ["pipeline", "stages", "params.yaml", "dvc.yaml", ".dvcignore", "pyproject.toml"]
 
 
 def micro(params: dict) -> dict:
     """Smallest settings that still run every stage."""
-    params["data"]["builtin"].update(num_train=12, num_val=4, size=48)
+    params["data"]["voc_aug"]["builtin"].update(num_train=12, num_val=4, size=48)
+    params["data"]["bsds"]["builtin"].update(num_train=6, num_val=3, height=48, width=64)
+    params["evaluate"]["edges"]["n_thresholds"] = {"tiny": 5, "paper": 99}
     params["backbone"]["pretrain"].update(epochs=1, patches_per_image=2)
     declared = params["experiments"]["default"]["train"]
     params["run"] = {"train": {k: declared[k] for k in MICRO_RUN}, "crf": ["deeplab-largefov"]}
@@ -104,6 +113,15 @@ def test_repro_produces_report_and_metrics(project):
     assert masked["mask"]["test"] == "fg" and 0 <= masked["mean_iu_fg"] <= 1
     assert "| Reference-BG (test: foreground masked) | `fcn32s-test-mask-fg` |" in report
     assert "(not in `run`)" in report  # declared experiments outside the micro set are listed
+    # edges: the PixelNet model and Canny through the same BSDS benchmark, beside PixelNet's
+    edges = json.loads((root / "metrics" / "pixelnet-edges.json").read_text())
+    canny = json.loads((root / "metrics" / "canny.json").read_text())
+    for m in (edges, canny):
+        assert m["num_images"] == 3 and all(0 <= m[k] <= 1 for k in ("ods", "ois", "ap"))
+    assert f"| Canny | `canny` (baseline) | {canny['ods']:.3f} |" in report
+    assert (root / "reports" / "figures" / "pixelnet-edges" / "edges_pr_curve.png").is_file()
+    upper = json.loads((root / "metrics" / "upper_bound.json").read_text())
+    assert upper["methods"]["majority"]["num_images"] == 4
     best = json.loads((root / "models" / "crf" / "deeplab-largefov" / "best.json").read_text())
     assert best["num_trials"] == 4 and best["num_images"] == 3  # 2 coarse + 2 new fine points
     figures = root / "reports" / "figures" / "deeplab-largefov-crf"

@@ -42,7 +42,7 @@ class Layout:
     ``root``: the folder the parser opens, relative to the raw folder (the archive's layout).
     ``marker``: a path that exists inside that root (finds the root inside a local copy).
     ``fetch``: raw-relative path -> sources.yaml entry whose dataset root is linked there.
-    ``builtin``: the generator (``voc``/``bsds``), None where there is none.
+    ``builtin``: the generator (``voc``/``voc_aug``/``bsds``), None where there is none.
     ``finish``: builds derived files after a download (voc_aug's ``SegmentationClassAug``).
     """
 
@@ -76,6 +76,18 @@ def _finish_voc_aug(raw_dir: Path) -> None:
     write_segmentation_class_aug(sbd_src, voc_src, voc / "SegmentationClassAug", ids + val)
 
 
+def _builtin_voc_aug(raw_dir: Path, spec, progress: bool) -> None:
+    """The built-in VOC set in DeepLab's layout: ``SegmentationClassAug`` holds the same labels,
+    ``train_aug.txt`` lists the train split (so DeepLab's reader runs unchanged on it)."""
+    from pipeline.data.builtin import write_builtin_voc
+
+    write_builtin_voc(raw_dir, spec, progress=progress)
+    voc = raw_dir / "VOCdevkit" / "VOC2012"
+    shutil.copytree(voc / "SegmentationClass", voc / "SegmentationClassAug", dirs_exist_ok=True)
+    seg = voc / "ImageSets" / "Segmentation"
+    shutil.copyfile(seg / "train.txt", seg / "train_aug.txt")
+
+
 LAYOUTS: dict[str, Layout] = {
     "voc": Layout(
         "voc", "VOCdevkit/VOC2012", "JPEGImages", {"VOCdevkit/VOC2012": "voc2012"}, "voc"
@@ -85,6 +97,7 @@ LAYOUTS: dict[str, Layout] = {
         "VOCdevkit/VOC2012",
         "SegmentationClassAug",
         {"sources/VOC2012": "voc2012", "benchmark_RELEASE/dataset": "sbd"},
+        "voc_aug",
         finish=_finish_voc_aug,
     ),
     "sbd": Layout("sbd", "benchmark_RELEASE/dataset", "cls", {"benchmark_RELEASE/dataset": "sbd"}),
@@ -134,7 +147,7 @@ class DataConfig:
 
     def builtin_spec(self):
         """The built-in generator's spec from ``data.<name>.builtin``."""
-        if self.layout.builtin == "voc":
+        if self.layout.builtin in ("voc", "voc_aug"):
             from pipeline.data.builtin import BuiltinSpec as spec_cls
         elif self.layout.builtin == "bsds":
             from pipeline.data.builtin_bsds import BSDSBuiltinSpec as spec_cls
@@ -281,6 +294,8 @@ def acquire(config: DataConfig, raw: Path, progress: bool = True) -> Path:
             from pipeline.data.builtin import write_builtin_voc
 
             write_builtin_voc(raw, config.builtin_spec(), progress=progress)
+        elif layout.builtin == "voc_aug":
+            _builtin_voc_aug(raw, config.builtin_spec(), progress)
         else:
             from pipeline.data.builtin_bsds import write_builtin_bsds
 
