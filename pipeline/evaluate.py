@@ -111,16 +111,3 @@ def write_outputs(scores: dict, hist: np.ndarray, kept: list, classes, out_dir: 
             name: iu for name, iu in zip(classes, scores["per_class_iu"]) if iu is not None
         },
     }
-
-
-def edge_summary(result: dict) -> dict:
-    """The BSDS benchmark result as flat metrics (ods/ois/ap) plus the full detail."""
-    return {
-        "ods": result["ods"]["f"],
-        "ois": result["ois"]["f"],
-        "ap": result["ap"],
-        "ods_detail": result["ods"],
-        "ois_detail": result["ois"],
-        "settings": result.get("settings", {}),
-        "eval_seconds": result.get("eval_seconds"),
-    }

@@ -7,8 +7,7 @@ Writes metrics/canny.json and reports/figures/canny/ (PR curve, examples).
 import json
 
 from pipeline.data.prepare import read_prepared_table
-from pipeline.evaluate import edge_summary
-from pipeline.evaluate_edges import evaluate_canny
+from pipeline.evaluate_edges import evaluate_canny, summary
 from pipeline.experiment import prepared_dir
 from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, repo_root
@@ -29,6 +28,6 @@ if __name__ == "__main__":
         name="canny",
         progress=True,
     )
-    metrics = {**edge_summary(result), "num_images": table.num_rows, "dataset": "bsds"}
+    metrics = {**summary(result), "num_images": table.num_rows, "dataset": "bsds"}
     write_text_atomic(root / "metrics" / "canny.json", json.dumps(metrics, indent=1) + "\n")
     print(f"canny: ODS {metrics['ods']:.4f} OIS {metrics['ois']:.4f} AP {metrics['ap']:.4f}")

@@ -11,7 +11,7 @@ import sys
 import mlflow
 
 from pipeline.data.builtin import VOC_CLASSES
-from pipeline.evaluate import edge_summary, evaluate, write_outputs
+from pipeline.evaluate import evaluate, write_outputs
 from pipeline.experiment import experiment, input_spec, load_trained, prepared_split
 from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, repo_root
@@ -33,7 +33,7 @@ def evaluate_segmentation(model, config, table, spec, params, figures) -> dict:
 
 
 def evaluate_edges(model, table, spec, params, figures) -> dict:
-    from pipeline.evaluate_edges import evaluate_edge_model
+    from pipeline.evaluate_edges import evaluate_edge_model, summary
 
     edges = params.section("evaluate.edges")
     init_ray(params)
@@ -49,7 +49,7 @@ def evaluate_edges(model, table, spec, params, figures) -> dict:
         name="edges",
         progress=True,
     )
-    return edge_summary(result)
+    return summary(result)
 
 
 if __name__ == "__main__":
