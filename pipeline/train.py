@@ -54,6 +54,7 @@ class TrainConfig:
     task: str = "segmentation"  # for models with their own sampled loss (PixelNet)
     precision: str = "fp32"  # fp32 | bf16
     channels_last: bool = False
+    fast_convs: bool = False  # NNPACK Winograd 3x3 convs on CPU fp32 (models/fastconv.py)
     augment: dict = field(default_factory=dict)
     input: dict = field(default_factory=dict)
     seed: int = 0
@@ -166,6 +167,10 @@ def train_loop(cfg: dict) -> None:
     rng = np.random.default_rng([config.seed, rank])
 
     net = build_for_training(config)
+    if config.fast_convs:
+        from pipeline.models.fastconv import use_fast_convs
+
+        use_fast_convs(net)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = LossModule(net, config)
