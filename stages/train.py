@@ -47,4 +47,6 @@ if __name__ == "__main__":
         plots.training_curves(history, repo_root() / config.out_dir / "curves.png", title=key)
         mlflow.log_artifact(str(repo_root() / config.out_dir / "curves.png"))
         mlflow.log_artifact(str(repo_root() / config.out_dir / "model.pt"), artifact_path="model")
-    print(f"{key}: {len(history)} records, final loss {history[-1].get('loss')}")
+    losses = [h["loss"] for h in history if "loss" in h]
+    final = f"final loss {losses[-1]:.4f}" if losses else "no training steps (the init is the model)"
+    print(f"{key}: {len(losses)} steps, {final}")
