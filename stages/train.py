@@ -48,5 +48,5 @@ if __name__ == "__main__":
         mlflow.log_artifact(str(repo_root() / config.out_dir / "curves.png"))
         mlflow.log_artifact(str(repo_root() / config.out_dir / "model.pt"), artifact_path="model")
     losses = [h["loss"] for h in history if "loss" in h]
-    final = f"final loss {losses[-1]:.4f}" if losses else "no training steps (the init is the model)"
+    final = f"final loss {losses[-1]:.4f}" if losses else "no training steps (init = model)"
     print(f"{key}: {len(losses)} steps, {final}")
