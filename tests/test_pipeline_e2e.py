@@ -140,9 +140,9 @@ def test_second_repro_is_a_no_op_and_param_change_is_local(project):
     params["run"]["train"]["fcn16s"]["train"]["lr"]["tiny"] = 5e-4
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(run(["dvc", "status", "--json"], root, env))
-    # fcn16s's own stage is invalidated by the param (and the report, which lists the run set);
-    # downstream ones follow once it reruns (its model changes); nothing upstream reruns
-    assert set(status) == {"train@fcn16s", "report"}
+    # fcn16s's own stages read the param (and the report lists the run set); downstream ones
+    # follow once it reruns (its model changes); nothing upstream reruns
+    assert set(status) == {"train@fcn16s", "evaluate@fcn16s", "report"}
     out = run(["dvc", "repro"], root, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {
