@@ -36,7 +36,7 @@ def micro(params: dict) -> dict:
     params["data"]["bsds"]["builtin"].update(num_train=6, num_val=3, height=48, width=64)
     params["evaluate"]["edges"]["n_thresholds"] = {"tiny": 5, "paper": 99}
     params["backbone"]["pretrain"].update(epochs=1, patches_per_image=2)
-    declared = params["experiments"]["default"]["train"]
+    declared = params["experiments"]["all"]["train"]
     params["run"] = {"train": {k: declared[k] for k in MICRO_RUN}, "crf": ["deeplab-largefov"]}
     for entry in params["run"]["train"].values():
         if entry.get("train", {}).get("iterations") != 0:
