@@ -6,17 +6,19 @@ Returns the metrics; the stage writes them as DVC metrics and logs them to MLflo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.data.base import decode_image
 from pipeline.data.loader import InputSpec, batch_to_tensors
 from pipeline.losses import predict_labels
 from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
+from pipeline.params import positive_list
 
 
 @dataclass
@@ -36,6 +38,42 @@ def iter_rows(table) -> Iterator[dict]:
         yield {c: np.asarray(data[c], dtype=object) for c in columns}
 
 
+def multiscale_probs(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    scales: Sequence[float],
+    activation: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Test-time averaging over scales (PixelNet Section 4.1, DeepLab/FCN practice).
+
+    ``x`` (1 x 3 x H x W, normalised) is resized by each scale (bilinear, antialiased like PIL),
+    the model's scores go through ``activation`` (softmax or sigmoid) and are resized back to
+    H x W before the average, so every scale votes on the full-resolution grid.
+    """
+    h, w = x.shape[-2:]
+    total = None
+    for s in positive_list("test scales", scales):
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        xs = (
+            x
+            if size == (h, w)
+            else F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        )
+        probs = activation(predict(xs).float())
+        if probs.shape[-2:] != (h, w):
+            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+        total = probs if total is None else total + probs
+    return total / len(scales)
+
+
+def _logits_of_probs(probs: torch.Tensor, loss_kind: str) -> torch.Tensor:
+    """Scores whose activation gives ``probs`` back (so ``predict_labels`` applies unchanged)."""
+    probs = probs.clamp(1e-12, 1.0)
+    if loss_kind == "softmax":
+        return probs.log()
+    return torch.logit(probs.clamp(max=1 - 1e-7))
+
+
 def predict(
     model: torch.nn.Module,
     table,
@@ -44,18 +82,31 @@ def predict(
     precision: str = "fp32",
     loss_kind: str = "softmax",
     limit: int | None = None,
+    scales: Sequence[float] = (1.0,),
 ) -> Iterator[Prediction]:
-    """Run the model over a prepared table, one image at a time."""
+    """Run the model over a prepared table, one image at a time.
+
+    ``scales`` other than ``(1.0,)``: the class probabilities are averaged over the rescaled
+    inputs (:func:`multiscale_probs`) and ``scores`` hold their log (softmax) or logit.
+    """
     model.eval()
+    scales = positive_list("test scales", scales)
     dtype = torch.bfloat16 if precision == "bf16" else None
+    activation = (lambda z: z.softmax(1)) if loss_kind == "softmax" else torch.sigmoid
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            return model(x)
+
     with torch.no_grad():
         for i, row in enumerate(iter_rows(table)):
             if limit is not None and i >= limit:
                 break
             x, y = batch_to_tensors(row, spec)
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                logits = model(x)
-            logits = logits.float()
+            if scales == (1.0,):
+                logits = run(x).float()
+            else:
+                logits = _logits_of_probs(multiscale_probs(run, x, scales, activation), loss_kind)
             yield Prediction(
                 id=str(row["id"][0]),
                 image=decode_image(row["image"][0], str(row["id"][0])),
@@ -75,13 +126,14 @@ def evaluate(
     loss_kind: str = "softmax",
     keep_examples: int = 8,
     progress: bool = True,
+    scales: Sequence[float] = (1.0,),
 ) -> tuple[dict, np.ndarray, list[Prediction]]:
     """Scores over the whole table, the confusion matrix, and the first few predictions."""
     from tqdm import tqdm
 
     hist = np.zeros((num_classes, num_classes), np.int64)
     kept = []
-    preds = predict(model, table, spec, precision=precision, loss_kind=loss_kind)
+    preds = predict(model, table, spec, precision=precision, loss_kind=loss_kind, scales=scales)
     for p in tqdm(preds, total=table.num_rows, desc="evaluate", disable=not progress):
         hist += confusion_matrix(p.label, p.pred, num_classes)
         if len(kept) < keep_examples:

@@ -27,7 +27,7 @@ import torch
 from pipeline.data.base import decode_image, decode_label
 from pipeline.data.loader import InputSpec
 from pipeline.errors import DataError
-from pipeline.evaluate import iter_rows
+from pipeline.evaluate import iter_rows, multiscale_probs
 
 __all__ = [
     "canny_maps",
@@ -55,43 +55,26 @@ def row_boundaries(row: dict, index: int = 0) -> np.ndarray:
     return (maps != 0).astype(np.uint8)
 
 
-def _resize_image(image: np.ndarray, scale: float) -> np.ndarray:
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-
-
 def predict_edge_map(
     model: torch.nn.Module, image: np.ndarray, spec: InputSpec, scales: Sequence[float] = (1.0,)
 ) -> np.ndarray:
     """H x W float32 edge probabilities of one RGB uint8 image, averaged over ``scales``.
 
-    Each scale runs the model on the bilinearly resized image; its sigmoid output is resized
-    back to H x W (bilinear) before averaging (PixelNet's multi-scale test).
+    PixelNet's multi-scale test, through the same :func:`pipeline.evaluate.multiscale_probs`
+    as segmentation: the sigmoid output of each rescaled input, resized back, averaged.
     """
-    if not scales:
-        raise ValueError("scales must list at least one scale")
-    h, w = image.shape[:2]
     device = next(model.parameters()).device
     predict = getattr(model, "predict_dense", model)
-    total = torch.zeros((h, w), dtype=torch.float32)
-    for s in scales:
-        if s <= 0:
-            raise ValueError(f"test scales must be positive, got {s}")
-        scaled = image if s == 1.0 else _resize_image(image, s)
-        x = torch.from_numpy(spec.normalise(scaled[None])).to(device)
-        scores = predict(x).float()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        scores = predict(x)
         if scores.shape[1] != 1:
             raise ValueError(f"edge prediction needs a 1-output model, got {scores.shape[1]}")
-        prob = torch.sigmoid(scores[:, :1])
-        if prob.shape[-2:] != (h, w):
-            prob = torch.nn.functional.interpolate(
-                prob, size=(h, w), mode="bilinear", align_corners=False
-            )
-        total += prob[0, 0].cpu()
-    return (total / len(scales)).clamp_(0.0, 1.0).numpy()
+        return scores
+
+    x = torch.from_numpy(spec.normalise(image[None])).to(device)
+    prob = multiscale_probs(run, x, scales, torch.sigmoid)
+    return prob[0, 0].cpu().clamp_(0.0, 1.0).numpy()
 
 
 def predict_edge_maps(

@@ -91,6 +91,15 @@ def choice(key: str, value: Any, allowed: tuple) -> Any:
     return value
 
 
+def positive_list(key: str, value: Any) -> tuple[float, ...]:
+    """Validate a non-empty list of positive numbers (test scales, ...)."""
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple) or not value:
+        raise ParamsError(f"params key {key!r} must be a non-empty list of numbers, got {value!r}")
+    if any(isinstance(v, bool) for v in value):
+        raise ParamsError(f"params key {key!r} must hold numbers, got {value!r}")
+    return tuple(positive(key, v) for v in value)
+
+
 def positive(key: str, value: Any, kind=float, allow_zero: bool = False) -> Any:
     """Validate a positive number."""
     try:

@@ -344,6 +344,7 @@ def evaluate_files(
 # Dataset evaluation with Ray
 
 _REMOTE_EVAL = None
+THRESHOLDS_PER_TASK = 25  # matching dominates; this many thresholds of one image per Ray task
 
 
 def _remote_eval():
@@ -405,8 +406,10 @@ def evaluate_bsds(
 ) -> EdgeResult:
     """Run the BSDS boundary benchmark on ``pred_dir`` against ``gt_dir``.
 
-    One Ray task (1 CPU) per image; ``num_cpus`` bounds how many run at once (default: as
-    many as the cluster schedules). Ray is initialised if needed (``RAY_ADDRESS`` honoured).
+    One Ray task (1 CPU) per image and block of at most ``THRESHOLDS_PER_TASK`` thresholds
+    (thresholds are matched independently, so a 99-threshold image is 4 tasks: few images still
+    keep every CPU busy); ``num_cpus`` bounds how many run at once (default: as many as the
+    cluster schedules). Ray is initialised if needed (``RAY_ADDRESS`` honoured).
     """
     import ray
     from tqdm.auto import tqdm
@@ -415,25 +418,30 @@ def evaluate_bsds(
         raise ValueError(f"num_cpus must be >= 1, got {num_cpus}")
     jobs = _resolve_inputs(Path(pred_dir), Path(gt_dir), ids)
     thresholds = benchmark_thresholds(n_thresholds)
+    blocks = np.array_split(thresholds, -(-len(thresholds) // THRESHOLDS_PER_TASK))
+    tasks = [(j, b) for j in range(len(jobs)) for b in range(len(blocks))]
     if not ray.is_initialized():
         ray.init(include_dashboard=False, configure_logging=False)
     remote = _remote_eval()
-    thr_ref = ray.put(thresholds)
-    limit = len(jobs) if num_cpus is None else num_cpus
-    results: dict[int, np.ndarray] = {}
-    pending: dict[Any, int] = {}
-    next_job = 0
-    with tqdm(total=len(jobs), desc="BSDS eval", unit="img", disable=not progress) as bar:
-        while next_job < len(jobs) or pending:
-            while next_job < len(jobs) and len(pending) < limit:
-                _, pred_path, gt_path = jobs[next_job]
-                ref = remote.remote(str(pred_path), str(gt_path), thr_ref, max_dist, thin, nms)
-                pending[ref] = next_job
-                next_job += 1
+    block_refs = [ray.put(b) for b in blocks]
+    limit = len(tasks) if num_cpus is None else num_cpus
+    results: dict[tuple[int, int], np.ndarray] = {}
+    pending: dict[Any, tuple[int, int]] = {}
+    next_task = 0
+    with tqdm(total=len(tasks), desc="BSDS eval", unit="task", disable=not progress) as bar:
+        while next_task < len(tasks) or pending:
+            while next_task < len(tasks) and len(pending) < limit:
+                job, block = tasks[next_task]
+                _, pred_path, gt_path = jobs[job]
+                ref = remote.remote(
+                    str(pred_path), str(gt_path), block_refs[block], max_dist, thin, nms
+                )
+                pending[ref] = tasks[next_task]
+                next_task += 1
             done, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(done[0])
+            key = pending.pop(done[0])
             try:
-                results[index] = ray.get(done[0])
+                results[key] = ray.get(done[0])
             except ray.exceptions.RayTaskError as exc:
                 for ref in pending:
                     ray.cancel(ref)
@@ -441,7 +449,12 @@ def evaluate_bsds(
                     raise exc.cause from None
                 raise
             bar.update(1)
-    counts = np.stack([results[i] for i in range(len(jobs))])
+    counts = np.stack(
+        [
+            np.concatenate([results[j, b] for b in range(len(blocks))], axis=1)
+            for j in range(len(jobs))
+        ]
+    )
     settings = {
         "n_thresholds": n_thresholds,
         "max_dist": max_dist,
