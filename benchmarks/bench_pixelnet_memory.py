@@ -74,6 +74,10 @@ def child(cfg: dict) -> dict:
     variant = cfg["variant"]
 
     def step() -> float:
+        # Gradients are released before the forward pass (the usual zero_grad -> forward ->
+        # backward -> step order): holding the last step's gradients through the forward would
+        # add one model size to every variant's peak.
+        opt.zero_grad(set_to_none=True)
         pts = model.sample(y, "segmentation", gen)
         target = y[pts[:, 0], pts[:, 1], pts[:, 2]]
         if variant == "sampled":
@@ -84,7 +88,6 @@ def child(cfg: dict) -> dict:
             dense = model.predict_dense(x, tile_pixels=b * size * size)
             scores = dense.permute(0, 2, 3, 1)[pts[:, 0], pts[:, 1], pts[:, 2]]
         loss = F.cross_entropy(scores, target)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return float(loss)
