@@ -12,14 +12,16 @@ from pathlib import Path
 
 from pipeline.data.loader import MASKS, InputSpec
 from pipeline.errors import ParamsError
-from pipeline.params import Params, choice, positive, repo_root
+from pipeline.params import Params, choice, positive, positive_list, repo_root
 from pipeline.train import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16")
 LR_POLICIES = ("fixed", "step", "poly")
-TASKS = ("segmentation", "edges")
-EXPERIMENT_KEYS = ("model", "dataset", "init", "task", "train", "model_options", "mask", "tables")
+TASKS = ("segmentation", "edges", "normals")
+EXPERIMENT_KEYS = (
+    "model", "dataset", "init", "task", "train", "model_options", "mask", "test_scales", "tables",
+)  # fmt: skip
 
 
 def model_dir(name: str, root: Path | None = None) -> Path:
@@ -62,7 +64,11 @@ def experiment(params: Params, name: str) -> dict:
     mask = {"train": "none", "test": "none", **(entry.get("mask") or {})}
     for when in ("train", "test"):
         choice(f"{where}.mask.{when}", mask[when], MASKS)
+    if entry["task"] == "normals" and mask != {"train": "none", "test": "none"}:
+        raise ParamsError(f"{where}.mask: input masking needs class labels, not task normals")
     entry["mask"] = mask
+    scales = entry.get("test_scales", [1.0])
+    entry["test_scales"] = list(positive_list(f"{where}.test_scales", scales))
     entry["train"] = dict(entry.get("train") or {})
     entry["model_options"] = dict(entry.get("model_options") or {})
     entry["tables"] = dict(entry.get("tables") or {})
@@ -97,8 +103,9 @@ def _backbone_init(params: Params, model: str, root: Path | None) -> tuple[str |
 
 
 def num_classes(params: Params, entry: dict) -> int:
-    """Edges have one output (sigmoid); segmentation has ``model.num_classes``."""
-    return 1 if entry["task"] == "edges" else params.get("model.num_classes")
+    """Edges have one output (sigmoid), normals three (x, y, z); segmentation has
+    ``model.num_classes``."""
+    return {"edges": 1, "normals": 3}.get(entry["task"]) or params.get("model.num_classes")
 
 
 def train_config(params: Params, name: str, root: Path | None = None) -> TrainConfig:

@@ -46,19 +46,23 @@ def prediction_grid(rows: list[tuple], path: Path, titles: tuple[str, ...]) -> N
 
 
 def training_curves(history: list[dict], path: Path, title: str = "") -> None:
-    """Training loss per step and validation mean IU (where recorded)."""
+    """Training loss per step and validation mean IU, or for normals the validation mean angle
+    (where recorded)."""
     steps = [h["step"] for h in history if "loss" in h]
     losses = [h["loss"] for h in history if "loss" in h]
-    val = [(h["step"], h["val_mean_iu"]) for h in history if "val_mean_iu" in h]
+    key, name = "val_mean_iu", "val mean IU"
+    if not any(key in h for h in history) and any("val_mean" in h for h in history):
+        key, name = "val_mean", "val mean angle (deg)"
+    val = [(h["step"], h[key]) for h in history if key in h]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, losses, lw=1, label="train loss")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     if val:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*val), "o-", color="C1", label="val mean IU")
-        ax2.set_ylabel("val mean IU")
-        ax2.set_ylim(0, 1)
+        ax2.plot(*zip(*val), "o-", color="C1", label=name)
+        ax2.set_ylabel(name)
+        ax2.set_ylim(0, 1 if key == "val_mean_iu" else 90)
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
     ax.set_title(title)

@@ -51,7 +51,7 @@ class TrainConfig:
     loss_kind: str = "softmax"
     loss_reduction: str = "image"
     loss_sample_p: float = 1.0
-    task: str = "segmentation"  # for models with their own sampled loss (PixelNet)
+    task: str = "segmentation"  # segmentation | edges | normals (PixelNet's sampled losses)
     precision: str = "fp32"  # fp32 | bf16
     channels_last: bool = False
     fast_convs: bool = False  # NNPACK Winograd 3x3 convs on CPU fp32 (models/fastconv.py)
@@ -97,6 +97,11 @@ class LossModule(torch.nn.Module):
             return self.net.training_loss(
                 x, y, task=cfg.task, generator=generator, reduction=cfg.loss_reduction
             )
+        if cfg.task == "normals":
+            raise ValueError(
+                f"task normals needs a model with its own training_loss (pixelnet), not "
+                f"{cfg.model!r}"
+            )
         logits = self.net(x)
         if logits.shape[-2:] != y.shape[-2:]:
             y = self.net.subsample_labels(y, logits)
@@ -138,18 +143,30 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     raise ValueError(f"unknown lr_policy {config.lr_policy!r} (fixed | step | poly)")
 
 
-def evaluate_model(model, rows, spec: InputSpec, num_classes: int, device, autocast) -> dict:
-    """Mean IU etc. of ``model`` over prepared rows (batch 1: images keep their own size)."""
+def evaluate_model(
+    model, rows, spec: InputSpec, num_classes: int, device, autocast, task: str = "segmentation"
+) -> dict:
+    """Mean IU etc. of ``model`` over prepared rows (batch 1: images keep their own size);
+    for ``task="normals"`` the angular errors (mean, median, ... in degrees)."""
+    from pipeline.metrics.normals import NormalErrorAccumulator
+
     model.eval()
     hist = np.zeros((num_classes, num_classes), np.int64)
+    normals = NormalErrorAccumulator()
     with torch.no_grad():
         for batch in rows:
-            x, y = batch_to_tensors(batch, spec)
+            x, y = batch_to_tensors(batch, spec, task=task)
             with autocast():
                 logits = model(x.to(device))
+            if task == "normals":
+                pred = logits.float()[0].permute(1, 2, 0).cpu().numpy()
+                normals.add(pred, y[0].permute(1, 2, 0).numpy())
+                continue
             pred = predict_labels(logits.float()).cpu().numpy()
             hist += confusion_matrix(y.numpy(), pred, num_classes)
     model.train()
+    if task == "normals":
+        return {k.replace(".", "_"): v for k, v in normals.scores().items() if k != "n_pixels"}
     return segmentation_scores(hist)
 
 
@@ -206,7 +223,7 @@ def train_loop(cfg: dict) -> None:
             local_shuffle_seed=config.seed + epoch * 1000 + rank,
             drop_last=True,
         ):
-            x, y = batch_to_tensors(batch, spec, augment, rng)
+            x, y = batch_to_tensors(batch, spec, augment, rng, task=config.task)
             x, y = x.to(device), y.to(device)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -285,7 +302,7 @@ def _global_mean(value: float, world: int) -> float:
 
 
 def _validate(net, rows, spec, config, device, autocast, history, mlflow, step) -> None:
-    scores = evaluate_model(net, rows, spec, config.num_classes, device, autocast)
+    scores = evaluate_model(net, rows, spec, config.num_classes, device, autocast, config.task)
     metrics = {f"val_{k}": v for k, v in scores.items() if k != "per_class_iu"}
     history.append({"step": step, **metrics})
     mlflow.log(metrics, step)

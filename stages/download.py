@@ -1,12 +1,21 @@
 """DVC stage `download NAME`: materialise data/raw/NAME (built-in, downloaded or a local copy).
 
 Reads ``data.<NAME>`` (source, local_path, builtin, splits); every configured split is listed
-afterwards, so a missing split file fails here rather than in `prepare`.
+afterwards, so a missing split file fails here rather than in `prepare`. The active set's
+``run.datasets`` (what dvc.yaml's download/prepare stages build) is checked first: it must hold
+every dataset the set's experiments read.
 """
 
 import argparse
 
-from pipeline.data.acquire import acquire, check_splits, data_config, dataset_names, raw_dir
+from pipeline.data.acquire import (
+    acquire,
+    build_list,
+    check_splits,
+    data_config,
+    dataset_names,
+    raw_dir,
+)
 from pipeline.params import load_params
 
 if __name__ == "__main__":
@@ -15,6 +24,7 @@ if __name__ == "__main__":
     parser.add_argument("--params", help="params file (default: params.yaml at the repo root)")
     args = parser.parse_args()
     params = load_params(args.params)
+    build_list(params)
     config = data_config(params, args.name)
     root = acquire(config, raw_dir(args.name))
     counts = check_splits(config, root)

@@ -2,6 +2,8 @@
 
 Segmentation: FCN metrics (with the experiment's test-time input masking, FCN Table 8), a
 prediction grid and a confusion matrix. Edges: the BSDS benchmark (ODS/OIS/AP) with a PR curve.
+Normals (PixelNet Table 5): angular errors over the valid pixels (mean/median/RMSE, % within
+11.25/22.5/30 degrees) and a grid of true vs predicted normals.
 Writes metrics/<experiment>.json (DVC metrics) and reports/figures/<experiment>/.
 """
 
@@ -19,7 +21,7 @@ from pipeline.raycluster import init_ray
 from pipeline.tracking import stage_run
 
 
-def evaluate_segmentation(model, config, table, spec, params, figures) -> dict:
+def evaluate_segmentation(model, config, table, spec, params, figures, scales) -> dict:
     scores, hist, kept = evaluate(
         model,
         table,
@@ -28,11 +30,12 @@ def evaluate_segmentation(model, config, table, spec, params, figures) -> dict:
         precision=config.precision,
         loss_kind=config.loss_kind,
         keep_examples=params.get("evaluate.num_qualitative"),
+        scales=scales,
     )
     return write_outputs(scores, hist, kept, VOC_CLASSES, figures)
 
 
-def evaluate_edges(model, table, spec, params, figures) -> dict:
+def evaluate_edges(model, table, spec, params, figures, scales) -> dict:
     from pipeline.evaluate_edges import evaluate_edge_model, summary
 
     edges = params.section("evaluate.edges")
@@ -44,12 +47,26 @@ def evaluate_edges(model, table, spec, params, figures) -> dict:
         n_thresholds=edges["n_thresholds"],
         max_dist=edges["max_dist"],
         nms=edges["nms"],
-        scales=edges["scales"],
+        scales=scales,
         out_dir=figures,
         name="edges",
         progress=True,
     )
     return summary(result)
+
+
+def evaluate_normals(model, config, table, spec, params, figures, scales) -> dict:
+    from pipeline.evaluate_normals import evaluate_normals, write_outputs
+
+    scores, kept = evaluate_normals(
+        model,
+        table,
+        spec,
+        precision=config.precision,
+        scales=scales,
+        keep_examples=params.get("evaluate.num_qualitative"),
+    )
+    return write_outputs(scores, kept, figures)
 
 
 if __name__ == "__main__":
@@ -62,15 +79,27 @@ if __name__ == "__main__":
     spec = input_spec(params, mask=entry["mask"]["test"])
     figures = root / "reports" / "figures" / key
     if entry["task"] == "edges":
-        metrics = evaluate_edges(model, table, spec, params, figures)
+        metrics = evaluate_edges(model, table, spec, params, figures, entry["test_scales"])
+    elif entry["task"] == "normals":
+        scales = entry["test_scales"]
+        metrics = evaluate_normals(model, config, table, spec, params, figures, scales)
     else:
-        metrics = evaluate_segmentation(model, config, table, spec, params, figures)
-    metrics.update(num_images=table.num_rows, dataset=entry["dataset"], mask=entry["mask"])
+        scales = entry["test_scales"]
+        metrics = evaluate_segmentation(model, config, table, spec, params, figures, scales)
+    metrics.update(
+        num_images=table.num_rows,
+        dataset=entry["dataset"],
+        mask=entry["mask"],
+        test_scales=entry["test_scales"],
+    )
     write_text_atomic(root / "metrics" / f"{key}.json", json.dumps(metrics, indent=1) + "\n")
     with stage_run(params, f"evaluate {key}", tags={"densepipe.kind": "evaluate", "model": key}):
         mlflow.log_params({"model": config.model, "val_images": table.num_rows})
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         mlflow.log_artifacts(str(figures), artifact_path="figures")
         mlflow.log_dict(metrics, "metrics.json")
-    main = ("ods", "ois", "ap") if entry["task"] == "edges" else ("mean_iu", "pixel_acc")
+    main = {
+        "edges": ("ods", "ois", "ap"),
+        "normals": ("mean", "median", "within_11_25", "within_30"),
+    }.get(entry["task"], ("mean_iu", "pixel_acc"))
     print(f"{key}: " + ", ".join(f"{m} {metrics[m]:.4f}" for m in main))

@@ -31,10 +31,13 @@ from pipeline.params import Params
 
 REPO = Path(__file__).resolve().parents[1]
 
-# the data: section proposed for params.yaml (tiny builds voc + bsds from built-in data)
+# the data: section proposed for params.yaml (tiny builds voc + bsds from built-in data); the
+# active set's `datasets` list is what dvc.yaml's download/prepare stages build
 DATA_SECTION = """
+run:
+  train: {}
+  datasets: [voc, bsds]
 data:
-  build: [voc, bsds]
   voc:
     source: {tiny: builtin, paper: url}
     local_path: null
@@ -110,7 +113,9 @@ def test_every_dataset_section_validates_in_both_profiles(tmp_path):
     ("name", "section", "key"),
     [
         ("bsds", {"source": "ftp"}, "data.bsds.source"),
-        ("nyud", {"source": "builtin"}, "data.nyud.source"),
+        ("siftflow", {"source": "builtin"}, "data.siftflow.source"),
+        ("nyud", {"source": "builtin", "builtin": {"height": 16}}, "data.nyud.builtin"),
+        ("nyud", {"source": "builtin", "builtin": {}}, "data.nyud.options.crop"),
         ("bsds", {"source": "local", "local_path": None}, "data.bsds.local_path"),
         ("bsds", {"source": "local", "local_path": "no/such/dir"}, "data.bsds.local_path"),
         ("bsds", {"splits": {"train": "training"}}, "data.bsds.splits.train"),
@@ -137,8 +142,15 @@ def test_unknown_or_missing_dataset_names_the_key():
     del data["data"]["sbd"]
     with pytest.raises(ParamsError, match=r"data\.sbd"):
         data_config(Params(data), "sbd")
-    data["data"]["build"] = ["voc", "kitti"]
-    with pytest.raises(ParamsError, match=r"data\.build.*kitti"):
+    data["run"]["datasets"] = ["voc", "kitti"]
+    with pytest.raises(ParamsError, match=r"run\.datasets.*kitti"):
+        build_list(Params(data))
+    data["run"]["datasets"] = ["voc"]
+    data["run"]["train"] = {"normals": {"dataset": "nyud"}, "edges": {"dataset": "bsds"}}
+    with pytest.raises(ParamsError, match=r"run\.datasets.*bsds.*'edges'.*nyud.*'normals'"):
+        build_list(Params(data))
+    del data["run"]["datasets"]
+    with pytest.raises(ParamsError, match=r"run\.datasets.*list"):
         build_list(Params(data))
 
 

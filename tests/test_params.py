@@ -75,6 +75,10 @@ def test_experiment_errors_name_the_key():
     with pytest.raises(ParamsError, match="experiments.fcn16s.mask.test"):
         experiment(Params(raw), "fcn16s")
     raw = tiny_raw()
+    raw["run"]["train"]["fcn16s"]["test_scales"] = [0.5, -1]
+    with pytest.raises(ParamsError, match="experiments.fcn16s.test_scales"):
+        experiment(Params(raw), "fcn16s")
+    raw = tiny_raw()
     raw["run"]["train"]["fcn16s"]["train"]["lr_decay"] = 0.1
     with pytest.raises(ParamsError, match="lr_decay"):
         train_config(Params(raw), "fcn16s", root=REPO)

@@ -37,7 +37,11 @@ def micro(params: dict) -> dict:
     params["evaluate"]["edges"]["n_thresholds"] = {"tiny": 5, "paper": 99}
     params["backbone"]["pretrain"].update(epochs=1, patches_per_image=2)
     declared = params["experiments"]["all"]["train"]
-    params["run"] = {"train": {k: declared[k] for k in MICRO_RUN}, "crf": ["deeplab-largefov"]}
+    params["run"] = {
+        "train": {k: declared[k] for k in MICRO_RUN},
+        "crf": ["deeplab-largefov"],
+        "datasets": ["voc_aug", "bsds"],
+    }
     for entry in params["run"]["train"].values():
         if entry.get("train", {}).get("iterations") != 0:
             entry.setdefault("train", {})["iterations"] = {"tiny": 2, "paper": 100000}

@@ -3,13 +3,17 @@
 Every dataset the pipeline can build has a section ``data.<name>`` in params.yaml::
 
     data:
-      build: [voc, bsds]                 # what `dvc repro` downloads and prepares (foreach)
       bsds:
         source: {tiny: builtin, paper: url}   # builtin | url | local
         local_path: null                      # source local: an existing extracted copy
         splits: {train: train, val: val}      # prepared split name -> the dataset's split
         options: {min_annotators: 3}          # keyword arguments of the dataset class
-        builtin: {num_train: 60, ...}         # the generator's spec (voc and bsds only)
+        builtin: {num_train: 60, ...}         # the generator's spec (voc, voc_aug, bsds, nyud)
+
+What `dvc repro` downloads and prepares (stages download@NAME / prepare@NAME, foreach) is the
+active experiment set's ``datasets`` list (``run.datasets``): each set in ``experiments``
+declares the datasets its experiments need, so switching ``run: *default`` to ``run: *all``
+builds the data of the new set too. :func:`build_list` checks that list against the set.
 
 ``download NAME`` materialises ``data/raw/<name>`` so that the dataset's parser root is always
 ``data/raw/<name>/<LAYOUTS[name].root>`` (the real archive's own layout, e.g.
@@ -42,7 +46,7 @@ class Layout:
     ``root``: the folder the parser opens, relative to the raw folder (the archive's layout).
     ``marker``: a path that exists inside that root (finds the root inside a local copy).
     ``fetch``: raw-relative path -> sources.yaml entry whose dataset root is linked there.
-    ``builtin``: the generator (``voc``/``voc_aug``/``bsds``), None where there is none.
+    ``builtin``: the generator (``voc``/``voc_aug``/``bsds``/``nyud``), None where there is none.
     ``finish``: builds derived files after a download (voc_aug's ``SegmentationClassAug``).
     """
 
@@ -102,7 +106,7 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "sbd": Layout("sbd", "benchmark_RELEASE/dataset", "cls", {"benchmark_RELEASE/dataset": "sbd"}),
     "bsds": Layout("bsds", "BSR/BSDS500/data", "images", {"BSR/BSDS500/data": "bsds500"}, "bsds"),
-    "nyud": Layout("nyud", "NYUDv2", "nyu_depth_v2_labeled.mat", {"NYUDv2": "nyudv2"}),
+    "nyud": Layout("nyud", "NYUDv2", "nyu_depth_v2_labeled.mat", {"NYUDv2": "nyudv2"}, "nyud"),
     "siftflow": Layout(
         "siftflow", "SiftFlowDataset", "SemanticLabels", {"SiftFlowDataset": "siftflow"}
     ),
@@ -117,7 +121,7 @@ LAYOUTS: dict[str, Layout] = {
 
 
 def dataset_names() -> list[str]:
-    """Names a ``data.<name>`` section (and ``data.build``) may use."""
+    """Names a ``data.<name>`` section (and ``run.datasets``) may use."""
     return sorted(LAYOUTS)
 
 
@@ -151,6 +155,8 @@ class DataConfig:
             from pipeline.data.builtin import BuiltinSpec as spec_cls
         elif self.layout.builtin == "bsds":
             from pipeline.data.builtin_bsds import BSDSBuiltinSpec as spec_cls
+        elif self.layout.builtin == "nyud":
+            from pipeline.data.builtin_nyud import NYUDBuiltinSpec as spec_cls
         else:
             raise ParamsError(f"data.{self.name}.source: {self.name!r} has no built-in data")
         try:
@@ -220,19 +226,47 @@ def data_config(params: Params, name: str, root: Path | None = None) -> DataConf
                     f"(one of {list(known)})"
                 )
     if source == "builtin":
-        config.builtin_spec()  # bad spec fails here
+        spec = config.builtin_spec()  # bad spec fails here
+        if layout.builtin == "nyud" and getattr(dataset, "crop", False):
+            from pipeline.data.nyud import FULL_SIZE
+
+            if (spec.height, spec.width) != FULL_SIZE:
+                raise ParamsError(
+                    f"params key '{prefix}.options.crop': Gupta's crop needs 480x640 frames, "
+                    f"the built-in ones are {spec.height}x{spec.width}: set crop false"
+                )
     return config
 
 
 def build_list(params: Params) -> list[str]:
-    """``data.build``: the datasets ``dvc repro`` builds, each with a valid section."""
-    names = params.get("data.build")
+    """``run.datasets``: the datasets ``dvc repro`` builds (download@ / prepare@ stages).
+
+    Each must have a valid ``data.<name>`` section, and the list must hold every dataset the
+    active set's experiments (``run.train``) and the backbone stage (``backbone.dataset``)
+    read, so a set that forgets one fails here, naming it, rather than deep inside DVC.
+    """
+    key = "run.datasets"
+    names = params.get(key, None)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ParamsError(f"params key 'data.build' must be a list of names, got {names!r}")
+        raise ParamsError(
+            f"params key {key!r} must be a list of dataset names (each experiment set in "
+            f"`experiments` declares the datasets it needs), got {names!r}"
+        )
     for name in names:
         if name not in LAYOUTS:
-            raise ParamsError(f"params key 'data.build': unknown dataset {name!r}")
+            raise ParamsError(f"params key {key!r}: unknown dataset {name!r}")
         data_config(params, name)
+    needed = {
+        str(entry.get("dataset")): f"experiment {exp!r}"
+        for exp, entry in (params.get("run.train", {}) or {}).items()
+        if isinstance(entry, dict) and entry.get("dataset")
+    }
+    if params.get("backbone.dataset", None):
+        needed.setdefault(str(params.get("backbone.dataset")), "backbone.dataset")
+    missing = {name: user for name, user in needed.items() if name not in names}
+    if missing:
+        users = ", ".join(f"{name} (for {user})" for name, user in sorted(missing.items()))
+        raise ParamsError(f"params key {key!r} lacks {users}: add them to the set's `datasets`")
     return names
 
 
@@ -296,6 +330,10 @@ def acquire(config: DataConfig, raw: Path, progress: bool = True) -> Path:
             write_builtin_voc(raw, config.builtin_spec(), progress=progress)
         elif layout.builtin == "voc_aug":
             _builtin_voc_aug(raw, config.builtin_spec(), progress)
+        elif layout.builtin == "nyud":
+            from pipeline.data.builtin_nyud import write_builtin_nyud
+
+            write_builtin_nyud(raw, config.builtin_spec(), progress=progress)
         else:
             from pipeline.data.builtin_bsds import write_builtin_bsds
 

@@ -9,6 +9,11 @@ DeepLab releases) or ``torchvision`` (RGB, 0-1, ImageNet mean/std).
 Input masking (FCN Table 8) is part of the input spec because it must be the same wherever the
 input is built: ``fg`` / ``bg`` replace the foreground / background pixels by the mean colour
 (0 after normalising); ``shape`` keeps only the foreground/background mask itself.
+
+Targets: class labels (segmentation, edges), or for ``task="normals"`` the prepared ``normals``
+column (PixelNet Table 5): B x 3 x H x W float32 camera-frame unit normals, NaN where a pixel
+has none (and in padding). Augmentation moves them with the image; a mirror also negates their
+x component (the surface faces the other way), rescaling resamples them nearest-neighbour.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 from pipeline.data.base import VOID, decode_image, decode_label
 
 MASKS = ("none", "fg", "bg", "shape")
+#: mirroring a normals map negates the x component (camera frame: x right, y down, z forward)
+MIRROR_NORMALS = np.array([-1.0, 1.0, 1.0], np.float32)
 #: the value a foreground pixel takes in the ``shape`` input (background is 0, the mean)
 SHAPE_VALUE = 100.0
 VOC_MEAN_BGR = (104.00699, 116.66877, 122.67892)
@@ -122,29 +129,74 @@ def rescale(
     return image, np.where(edges, 1, np.where(void, VOID, 0)).astype(np.uint8)
 
 
-def decode_rows(batch: dict, augment: Augment | None = None, rng=None) -> list:
-    """Decode a numpy batch of prepared rows to (image uint8 HxWx3, label uint8 HxW) pairs."""
+def decode_normals(batch: dict, index: int) -> np.ndarray:
+    """Row ``index``'s ``normals`` column as HxWx3 float32 (NaN: no normal)."""
+    from pipeline.data.normals import png_to_normals
+    from pipeline.errors import DataError
+
+    source = f"row {batch['id'][index]}"
+    if "normals" not in batch:
+        raise DataError(
+            f"task normals needs the prepared 'normals' column ({source} has {sorted(batch)}); "
+            "prepare the dataset with options.normals: true"
+        )
+    return png_to_normals(batch["normals"][index], int(batch["height"][index]), source)
+
+
+def rescale_normals(
+    image: np.ndarray, normals: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize (image, normals) by ``scale``: bilinear image, nearest-neighbour normals (at the
+    pixel centres PIL's NEAREST picks, so both stay aligned; no normal is averaged)."""
+    from PIL import Image
+
+    h, w = normals.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    rows = np.minimum(((np.arange(size[1]) + 0.5) * h / size[1]).astype(int), h - 1)
+    cols = np.minimum(((np.arange(size[0]) + 0.5) * w / size[0]).astype(int), w - 1)
+    return image, normals[rows][:, cols]
+
+
+def decode_rows(
+    batch: dict, augment: Augment | None = None, rng=None, task: str = "segmentation"
+) -> list:
+    """Decode a numpy batch of prepared rows to (image uint8 HxWx3, target) pairs: the target
+    is the label (uint8 HxW), or for ``task="normals"`` the normals (float32 HxWx3, NaN)."""
     pairs = []
+    normals = task == "normals"
     scale = 1.0
     if augment is not None and rng is not None and augment.scales:
         scale = float(augment.scales[int(rng.integers(len(augment.scales)))])
     for i in range(len(batch["id"])):
         image = decode_image(batch["image"][i], f"row {batch['id'][i]}")
-        label = decode_label(batch["label"][i], f"row {batch['id'][i]}")
+        if normals:
+            label = decode_normals(batch, i)
+        else:
+            label = decode_label(batch["label"][i], f"row {batch['id'][i]}")
         if scale != 1.0:
-            image, label = rescale(image, label, scale, augment.edge_labels)
+            if normals:
+                image, label = rescale_normals(image, label, scale)
+            else:
+                image, label = rescale(image, label, scale, augment.edge_labels)
         if augment is not None and rng is not None:
             if augment.mirror and rng.random() < 0.5:
                 image, label = image[:, ::-1], label[:, ::-1]
+                if normals:
+                    label = label * MIRROR_NORMALS
             if augment.jitter:
                 dy, dx = rng.integers(-augment.jitter, augment.jitter + 1, 2)
-                image, label = _shift(image, dy, dx, 0), _shift(label, dy, dx, VOID)
+                fill = np.nan if normals else VOID
+                image, label = _shift(image, dy, dx, 0), _shift(label, dy, dx, fill)
         pairs.append((np.ascontiguousarray(image), np.ascontiguousarray(label)))
     return pairs
 
 
 def collate(pairs: list, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad a list of (image, label) to the largest size (input 0 after normalising, label void)."""
+    """Pad a list of (image, label) to the largest size (input 0 after normalising, label void).
+
+    Normals targets (float HxWx3) are padded with NaN and returned as B x 3 x H x W float32.
+    """
     h = max(p[0].shape[0] for p in pairs)
     w = max(p[0].shape[1] for p in pairs)
     x = spec.normalise(np.stack([_pad(img, h, w, 0) for img, _ in pairs]))
@@ -152,6 +204,11 @@ def collate(pairs: list, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
     for i, (img, _) in enumerate(pairs):  # padded pixels carry mean colour, i.e. 0 after norm
         x[i, :, img.shape[0] :, :] = pad_value
         x[i, :, :, img.shape[1] :] = pad_value
+    if pairs[0][1].ndim == 3:  # normals
+        if spec.mask != "none":
+            raise ValueError(f"input mask {spec.mask!r} needs class labels, not normals")
+        y = np.stack([_pad(n, h, w, np.nan) for _, n in pairs]).astype(np.float32)
+        return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(y.transpose(0, 3, 1, 2)))
     y = np.stack([_pad(lab, h, w, VOID) for _, lab in pairs]).astype(np.int64)
     if spec.mask != "none":
         x = mask_input(x, np.stack([_pad(lab != 0, h, w, False) for _, lab in pairs]), spec.mask)
@@ -186,7 +243,12 @@ def _pad(array: np.ndarray, h: int, w: int, fill) -> np.ndarray:
 
 
 def batch_to_tensors(
-    batch: dict, spec: InputSpec, augment: Augment | None = None, rng=None
+    batch: dict,
+    spec: InputSpec,
+    augment: Augment | None = None,
+    rng=None,
+    task: str = "segmentation",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prepared rows -> (Nx3xHxW float input, NxHxW int64 labels)."""
-    return collate(decode_rows(batch, augment, rng), spec)
+    """Prepared rows -> (Nx3xHxW float input, NxHxW int64 labels); for ``task="normals"`` the
+    target is Nx3xHxW float32 normals (NaN: none)."""
+    return collate(decode_rows(batch, augment, rng, task), spec)

@@ -34,6 +34,20 @@ class CameraIntrinsics:
         """Intrinsics of the image cropped starting ``top`` rows / ``left`` columns in."""
         return replace(self, cx=self.cx - left, cy=self.cy - top)
 
+    def resize(self, scale_y: float, scale_x: float) -> CameraIntrinsics:
+        """Intrinsics of the same field of view resampled by ``scale_y`` x ``scale_x``.
+
+        Pixel edges stay edges: 1-based centre ``u`` of the original is at ``s*(u-0.5)+0.5``
+        in the resampled image, so ``c' = s*(c-0.5)+0.5`` and ``f' = s*f``.
+        """
+        return replace(
+            self,
+            fx=self.fx * scale_x,
+            fy=self.fy * scale_y,
+            cx=scale_x * (self.cx - 0.5) + 0.5,
+            cy=scale_y * (self.cy - 0.5) + 0.5,
+        )
+
 
 NYU_CAMERA = CameraIntrinsics()
 
@@ -168,3 +182,47 @@ def depth_to_normals(
     pixels, or only collinear ones, are NaN.
     """
     return depth_to_normals_multi(depth_m, mask, camera, (radius,))[0]
+
+
+# 16-bit code of a normal component: 1 + round((n + 1) * NORMAL_CODE_SCALE) in [1, 65535];
+# 0 marks a pixel without a normal. Step 1/32767 per component (well under 0.01 degree).
+NORMAL_CODE_SCALE = 32767.0
+
+
+def normals_to_png(normals: np.ndarray) -> bytes:
+    """HxWx3 unit normals (NaN: none) -> a lossless 16-bit grey PNG of the 3 components
+    stacked vertically (3H x W: x, then y, then z), each mapped from [-1, 1] to [1, 65535].
+
+    Pixels with any non-finite component are stored as 0 in all three planes (invalid).
+    """
+    from pipeline.data.base import encode_png
+
+    n = np.asarray(normals, dtype=np.float64)
+    if n.ndim != 3 or n.shape[2] != 3:
+        raise DataError(f"normals must be HxWx3, got shape {n.shape}")
+    valid = np.isfinite(n).all(axis=2)
+    code = np.round((np.clip(np.nan_to_num(n), -1.0, 1.0) + 1.0) * NORMAL_CODE_SCALE) + 1.0
+    code = np.where(valid[..., None], code, 0.0).astype(np.uint16)
+    h, w = valid.shape
+    return encode_png(np.ascontiguousarray(code.transpose(2, 0, 1).reshape(3 * h, w)))
+
+
+def png_to_normals(data: bytes, height: int, source: str = "normals") -> np.ndarray:
+    """Inverse of :func:`normals_to_png`: HxWx3 float32, NaN where the pixel has no normal."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            code = np.asarray(im)
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise DataError(f"cannot decode normals PNG {source}: {exc}") from exc
+    if code.ndim != 2 or code.dtype != np.uint16 or code.shape[0] != 3 * int(height):
+        raise DataError(
+            f"normals PNG {source} is {code.dtype} {code.shape}, expected 16-bit 3*{height} x W"
+        )
+    code = code.reshape(3, int(height), code.shape[1]).transpose(1, 2, 0)
+    n = (code.astype(np.float32) - 1.0) / np.float32(NORMAL_CODE_SCALE) - 1.0
+    n[(code == 0).any(axis=2)] = np.nan
+    return n

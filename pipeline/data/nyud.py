@@ -13,7 +13,9 @@ Conventions of FCN's ``NYUDSegDataLayer`` (it reads Gupta's ``rcnn-depth`` expor
 * splits: FCN's ``train.txt`` (381) / ``val.txt`` (414) split ``splits.mat``'s 795 official
   training frames, ``test.txt`` is its 654 test frames;
 * Gupta's export is cropped to the valid Kinect area, 425 x 560 (``crop=True``, the default;
-  ``crop=False`` keeps the full 480 x 640 frame).
+  ``crop=False`` keeps the full frame). The crop needs 480 x 640 frames; a smaller frame
+  (``crop=False`` only, e.g. the built-in 96 x 128 set of :mod:`pipeline.data.builtin_nyud`)
+  is taken as the same field of view at a lower resolution: the NYU camera is scaled to it.
 
 Extra columns: ``depth`` and ``raw_depth`` as uint16 PNGs in millimetres (0 = no measurement),
 and ``hha`` (PNG) when :mod:`pipeline.data.hha` is importable, computed as rcnn-depth does from
@@ -22,6 +24,13 @@ enters HHA's normal fits, which reproduces the MATLAB golden frame (see :mod:`pi
 ``hha_mask_missing=True`` leaves out pixels without raw depth (``saveHHA``'s ``missingMask``).
 The column is computed inside ``load_example``, i.e. inside the prepare stage's Ray Data map, so
 frames are encoded in parallel.
+
+``normals`` (PixelNet's surface-normal ground truth, on by default): least-squares normals of the
+filled millimetre depth (:func:`pipeline.data.normals.depth_to_normals`, the fit HHA's angle
+channel uses, radius 3, same camera), as a 16-bit PNG of the three components
+(:func:`pipeline.data.normals.normals_to_png`); pixels without a normal are 0 there and NaN
+when decoded. ``normals_mask_missing=True`` fits only pixels with raw depth and leaves pixels
+without raw depth without a normal.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.base import VOID, encode_png, read_split_file, validate_label
+from pipeline.data.normals import NYU_CAMERA, depth_to_normals, normals_to_png
 from pipeline.errors import DataError
 
 NYUD_CLASSES = (
@@ -123,11 +133,27 @@ class NYUD:
     splits = SPLITS
 
     def __init__(
-        self, crop: bool = True, hha: bool | None = None, hha_mask_missing: bool = False
+        self,
+        crop: bool = True,
+        hha: bool | None = None,
+        hha_mask_missing: bool = False,
+        normals: bool = True,
+        normals_mask_missing: bool = False,
     ) -> None:
         self.crop = crop
         self.hha = hha
         self.hha_mask_missing = bool(hha_mask_missing)
+        self.normals = bool(normals)
+        self.normals_mask_missing = bool(normals_mask_missing)
+
+    def camera(self, base: Any, size: tuple[int, int]) -> Any:
+        """``base`` (the full-frame NYU camera) for a frame of ``size`` as this parser yields it:
+        shifted by Gupta's crop, as is for 480 x 640, else scaled to the smaller frame."""
+        if self.crop:
+            return base.crop(GUPTA_CROP[0].start, GUPTA_CROP[1].start)
+        if tuple(size) == FULL_SIZE:
+            return base
+        return base.resize(size[0] / FULL_SIZE[0], size[1] / FULL_SIZE[1])
 
     # -- splits ----------------------------------------------------------------------------
     def list_ids(self, root: Path, split: str) -> list[str]:
@@ -246,16 +272,27 @@ class NYUD:
             raise DataError("hha=True but pipeline.data.hha (depth_to_hha) is not importable")
         if hha is not None:
             record["hha"] = self._hha(hha, depth_mm, raw_mm, source)
+        if self.normals:
+            record["normals"] = self._normals(depth_mm, raw_mm)
         return record
+
+    def _normals(self, depth_mm: np.ndarray, raw_mm: np.ndarray) -> bytes:
+        """Surface normals of the filled millimetre depth (HHA's fit), as a 16-bit PNG."""
+        mask = raw_mm > 0 if self.normals_mask_missing else None
+        camera = self.camera(NYU_CAMERA, depth_mm.shape)
+        normals = depth_to_normals(depth_mm.astype(np.float64) / 1000.0, mask, camera)
+        if mask is not None:
+            normals[~mask] = np.nan
+        return normals_to_png(normals)
 
     def _hha(self, hha: Any, depth_mm: np.ndarray, raw_mm: np.ndarray, source: str) -> bytes:
         """HHA from the millimetre depth (what rcnn-depth's saveHHA reads), crop-aware camera."""
         kwargs: dict[str, Any] = {}
         params = inspect.signature(hha.depth_to_hha).parameters
         camera = getattr(hha, "NYU_CAMERA", None)
-        if "camera" in params and camera is not None and self.crop:
-            camera = camera.crop(GUPTA_CROP[0].start, GUPTA_CROP[1].start)
-            kwargs["camera"] = camera
+        if "camera" in params and camera is not None:
+            if self.crop or depth_mm.shape != FULL_SIZE:
+                kwargs["camera"] = self.camera(camera, depth_mm.shape)
         if self.hha_mask_missing:
             if "mask_missing" not in params:
                 raise DataError("hha_mask_missing=True but depth_to_hha has no mask_missing")

@@ -55,3 +55,55 @@ def normal_errors(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> dict[s
     for t in THRESHOLDS_DEG:
         out[f"within_{t:g}"] = float(100.0 * np.mean(err < t))
     return out
+
+
+class NormalErrorAccumulator:
+    """:func:`normal_errors` over many images without keeping every pixel's error.
+
+    Mean, RMSE and the within-threshold shares are exact running sums; the median comes from a
+    histogram of 0.001-degree bins (exact to half a bin), so a whole test set (654 NYUDv2
+    frames x 240k pixels) needs only 180,000 counters.
+    """
+
+    BIN_DEG = 0.001
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total = 0.0
+        self.total_sq = 0.0
+        self.within = dict.fromkeys(THRESHOLDS_DEG, 0)
+        self.hist = np.zeros(int(round(180.0 / self.BIN_DEG)) + 1, np.int64)
+
+    def add(self, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Add one image (``(..., 3)`` prediction and truth); returns its per-pixel errors."""
+        err = angular_errors(pred, gt, valid)
+        self.n += err.size
+        self.total += float(err.sum())
+        self.total_sq += float(np.square(err).sum())
+        for t in THRESHOLDS_DEG:
+            self.within[t] += int(np.count_nonzero(err < t))
+        bins = np.minimum(np.floor(err / self.BIN_DEG).astype(np.int64), self.hist.size - 1)
+        self.hist += np.bincount(bins, minlength=self.hist.size)
+        return err
+
+    def median(self) -> float:
+        """The median error: the centre of the bin holding the middle pixel(s)."""
+        cum = np.cumsum(self.hist)
+        lo = int(np.searchsorted(cum, (self.n + 1) // 2))  # the lower middle (odd: the middle)
+        hi = int(np.searchsorted(cum, self.n // 2 + 1))  # the upper middle
+        return float((lo + hi + 1) * self.BIN_DEG / 2)
+
+    def scores(self) -> dict[str, float]:
+        """The keys of :func:`normal_errors`."""
+        out: dict[str, float] = {"n_pixels": float(self.n)}
+        if self.n == 0:
+            nan = float("nan")
+            out.update(mean=nan, median=nan, rmse=nan)
+            out.update({f"within_{t:g}": nan for t in THRESHOLDS_DEG})
+            return out
+        out["mean"] = self.total / self.n
+        out["median"] = self.median()
+        out["rmse"] = float(np.sqrt(self.total_sq / self.n))
+        for t in THRESHOLDS_DEG:
+            out[f"within_{t:g}"] = 100.0 * self.within[t] / self.n
+        return out
