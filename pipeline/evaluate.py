@@ -38,6 +38,21 @@ def iter_rows(table) -> Iterator[dict]:
         yield {c: np.asarray(data[c], dtype=object) for c in columns}
 
 
+def eval_rows(model: torch.nn.Module, table, limit: int | None = None) -> Iterator[dict]:
+    """The rows of ``table`` one at a time (see :func:`iter_rows`), with ``model`` in eval mode
+    and autograd off while they are consumed; the model's mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, row in enumerate(iter_rows(table)):
+                if limit is not None and i >= limit:
+                    return
+                yield row
+    finally:
+        model.train(was_training)
+
+
 def multiscale_probs(
     predict: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -89,7 +104,6 @@ def predict(
     ``scales`` other than ``(1.0,)``: the class probabilities are averaged over the rescaled
     inputs (:func:`multiscale_probs`) and ``scores`` hold their log (softmax) or logit.
     """
-    model.eval()
     scales = positive_list("test scales", scales)
     dtype = torch.bfloat16 if precision == "bf16" else None
     activation = (lambda z: z.softmax(1)) if loss_kind == "softmax" else torch.sigmoid
@@ -98,22 +112,19 @@ def predict(
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             return model(x)
 
-    with torch.no_grad():
-        for i, row in enumerate(iter_rows(table)):
-            if limit is not None and i >= limit:
-                break
-            x, y = batch_to_tensors(row, spec)
-            if scales == (1.0,):
-                logits = run(x).float()
-            else:
-                logits = _logits_of_probs(multiscale_probs(run, x, scales, activation), loss_kind)
-            yield Prediction(
-                id=str(row["id"][0]),
-                image=decode_image(row["image"][0], str(row["id"][0])),
-                label=y[0].numpy().astype(np.uint8),
-                scores=logits[0],
-                pred=predict_labels(logits, loss_kind)[0].numpy().astype(np.uint8),
-            )
+    for row in eval_rows(model, table, limit):
+        x, y = batch_to_tensors(row, spec)
+        if scales == (1.0,):
+            logits = run(x).float()
+        else:
+            logits = _logits_of_probs(multiscale_probs(run, x, scales, activation), loss_kind)
+        yield Prediction(
+            id=str(row["id"][0]),
+            image=decode_image(row["image"][0], str(row["id"][0])),
+            label=y[0].numpy().astype(np.uint8),
+            scores=logits[0],
+            pred=predict_labels(logits, loss_kind)[0].numpy().astype(np.uint8),
+        )
 
 
 def evaluate(

@@ -27,7 +27,7 @@ import torch
 from pipeline.data.base import decode_image, decode_label
 from pipeline.data.loader import InputSpec
 from pipeline.errors import DataError
-from pipeline.evaluate import iter_rows, multiscale_probs
+from pipeline.evaluate import eval_rows, iter_rows, multiscale_probs
 
 __all__ = [
     "canny_maps",
@@ -86,18 +86,10 @@ def predict_edge_maps(
     limit: int | None = None,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """``(id, H x W probabilities)`` for each row of ``table`` (batch 1, eval mode, no grad)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i, row in enumerate(iter_rows(table)):
-                if limit is not None and i >= limit:
-                    break
-                image_id = str(row["id"][0])
-                image = decode_image(row["image"][0], image_id)
-                yield image_id, predict_edge_map(model, image, spec, scales)
-    finally:
-        model.train(was_training)
+    for row in eval_rows(model, table, limit):
+        image_id = str(row["id"][0])
+        image = decode_image(row["image"][0], image_id)
+        yield image_id, predict_edge_map(model, image, spec, scales)
 
 
 def canny_maps(

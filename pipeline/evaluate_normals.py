@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from pipeline.data.base import decode_image
 from pipeline.data.loader import InputSpec, batch_to_tensors
-from pipeline.evaluate import iter_rows
+from pipeline.evaluate import eval_rows, multiscale_probs
 from pipeline.metrics.normals import THRESHOLDS_DEG, NormalErrorAccumulator
+from pipeline.params import positive_list
 
 __all__ = [
     "NormalsPrediction",
@@ -65,7 +66,7 @@ def predict_normals(
     ``scales`` other than ``(1.0,)``: the unit predictions of the rescaled inputs, resized back,
     are averaged (then renormalised), through :func:`pipeline.evaluate.multiscale_probs`.
     """
-    scales = tuple(float(s) for s in scales)
+    scales = positive_list("test scales", scales)
     dtype = torch.bfloat16 if precision == "bf16" else None
     device = next(model.parameters()).device
     predict = _predict_fn(model)
@@ -80,29 +81,19 @@ def predict_normals(
     def unit(scores: torch.Tensor) -> torch.Tensor:
         return F.normalize(scores, dim=1, eps=1e-8)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i, row in enumerate(iter_rows(table)):
-                if limit is not None and i >= limit:
-                    break
-                x, y = batch_to_tensors(row, spec, task="normals")
-                if scales == (1.0,):
-                    pred = unit(run(x))
-                else:
-                    from pipeline.evaluate import multiscale_probs
-
-                    pred = unit(multiscale_probs(run, x, scales, unit))
-                image_id = str(row["id"][0])
-                yield NormalsPrediction(
-                    id=image_id,
-                    image=decode_image(row["image"][0], image_id),
-                    truth=y[0].permute(1, 2, 0).numpy(),
-                    pred=pred[0].permute(1, 2, 0).cpu().numpy(),
-                )
-    finally:
-        model.train(was_training)
+    for row in eval_rows(model, table, limit):
+        x, y = batch_to_tensors(row, spec, task="normals")
+        if scales == (1.0,):
+            pred = unit(run(x))
+        else:
+            pred = unit(multiscale_probs(run, x, scales, unit))
+        image_id = str(row["id"][0])
+        yield NormalsPrediction(
+            id=image_id,
+            image=decode_image(row["image"][0], image_id),
+            truth=y[0].permute(1, 2, 0).numpy(),
+            pred=pred[0].permute(1, 2, 0).cpu().numpy(),
+        )
 
 
 def evaluate_normals(
