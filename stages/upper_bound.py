@@ -2,8 +2,10 @@
 up-sampled by each output stride, for every resampling variant (the paper does not say which).
 
 Labels: ``upper_bound.labels`` + ``upper_bound.split`` (e.g. VOC2012 SegmentationClass and
-seg11valid.txt); when they are null, the built-in VOC labels of the val split. Writes
-metrics/upper_bound.json; the report prints every variant beside the paper's row.
+seg11valid.txt); when they are null, the ``voc_fcn`` dataset's seg11valid labels
+(``data/raw/voc_fcn``: the paper's subset of VOC2011 val under profile paper, the built-in val
+labels under tiny). Writes metrics/upper_bound.json; the report prints every variant beside the
+paper's row.
 """
 
 import json
@@ -11,6 +13,7 @@ import json
 from pipeline.analysis.upper_bound import DEFAULT_METHOD, METHODS, compare_methods
 from pipeline.data.acquire import dataset_root
 from pipeline.data.base import read_split_file
+from pipeline.data.sbd import SEG11VALID
 from pipeline.errors import ParamsError
 from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, repo_root
@@ -23,9 +26,9 @@ if __name__ == "__main__":
     if (labels is None) != (split is None):
         raise ParamsError("upper_bound.labels and upper_bound.split are set together (or neither)")
     if labels is None:
-        voc = dataset_root("voc_aug", root / "data" / "raw" / "voc_aug")
-        labels, split = voc / "SegmentationClass", voc / "ImageSets" / "Segmentation" / "val.txt"
-        source = "built-in VOC val labels"
+        voc = dataset_root("voc_fcn", root / "data" / "raw" / "voc_fcn")
+        labels, split = voc / "SegmentationClass", voc / SEG11VALID
+        source = f"voc_fcn seg11valid labels ({params.get('data.voc_fcn.source', '?')})"
     else:
         labels, split = (root / labels).resolve(), (root / split).resolve()
         source = f"{labels} ({split.name})"

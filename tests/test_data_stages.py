@@ -56,6 +56,12 @@ data:
     splits: {train: train_aug, val: val}
     options: {}
     builtin: null
+  voc_fcn:
+    source: url
+    local_path: null
+    splits: {train: train, val: seg11valid}
+    options: {}
+    builtin: null
   sbd:
     source: url
     local_path: null
@@ -343,3 +349,111 @@ def test_voc_aug_url_builds_segmentation_class_aug(tmp_path, monkeypatch):
     voc_label = np.asarray(Image.open(voc / "SegmentationClass" / f"{voc_val[0]}.png"))
     aug = np.asarray(Image.open(root / "SegmentationClassAug" / f"{voc_val[0]}.png"))
     assert np.array_equal(aug, voc_label)  # VOC's own label (void borders) where VOC has one
+
+
+# ------------------------------------------------------------------ voc_fcn (FCN's protocol)
+
+
+def test_builtin_voc_fcn_writes_sbd_train_and_seg11valid(ray_local, tmp_path):
+    """builtin voc_fcn: the built-in train split as an SBD release, its val split as seg11valid;
+    both prepare, and the upper_bound stage's default labels are that seg11valid."""
+    import json
+
+    from pipeline.analysis.upper_bound import DEFAULT_METHOD
+    from pipeline.data.sbd import load_sbd_label
+
+    small = {"source": "builtin", "builtin": {"num_train": 4, "num_val": 3, "size": 32}}
+    config = data_config(_params(voc_fcn=small), "voc_fcn")
+    raw = raw_dir("voc_fcn", tmp_path)
+    root = acquire(config, raw, progress=False)
+    assert root == raw / "VOCdevkit/VOC2012"
+    seg = root / "ImageSets/Segmentation"
+    train, val = (seg / "train.txt").read_text().split(), (seg / "val.txt").read_text().split()
+    dataset = config.dataset()
+    assert dataset.sbd_dir(root) == raw / "benchmark_RELEASE/dataset"
+    assert dataset.list_ids(root, "train") == train and len(train) == 4
+    assert dataset.list_ids(root, "seg11valid") == val and len(val) == 3
+    assert check_splits(config, root) == {"train": 4, "val": 3}
+    for example_id in (train[0], val[0]):
+        png = np.asarray(Image.open(root / "SegmentationClass" / f"{example_id}.png"))
+        record = dataset.load_example(root, example_id)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(record["label"]))), png)
+    mat = raw / "benchmark_RELEASE/dataset/cls" / f"{train[0]}.mat"
+    png = np.asarray(Image.open(root / "SegmentationClass" / f"{train[0]}.png"))
+    assert np.array_equal(load_sbd_label(mat), png)  # the train label comes from the .mat
+    # the same images as voc_aug's built-in set
+    aug = acquire(data_config(_params(voc_aug=small), "voc_aug"), tmp_path / "aug", progress=False)
+    for example_id in (train[0], val[0]):
+        name = f"JPEGImages/{example_id}.jpg"
+        assert (aug / name).read_bytes() == (root / name).read_bytes()
+    out = tmp_path / "data/prepared/voc_fcn"
+    assert prepare_dataset(config, raw, out, log=lambda _: None) == {"train": 4, "val": 3}
+    table = pq.read_table(sorted((out / "train").glob("part-*.parquet")))
+    assert sorted(table.column("id").to_pylist()) == sorted(train)
+    # stages/upper_bound.py with labels/split null: voc_fcn's seg11valid labels
+    params = {
+        "profile": "tiny",
+        "data": {"voc_fcn": {"source": {"tiny": "builtin", "paper": "url"}}},
+        "upper_bound": {"labels": None, "split": None, "factors": [8]},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("DVC_ROOT", None)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "stages/upper_bound.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    upper = json.loads((tmp_path / "metrics/upper_bound.json").read_text())
+    assert upper["source"] == "voc_fcn seg11valid labels (builtin)"
+    assert upper["methods"][DEFAULT_METHOD]["num_images"] == 3
+
+
+def test_voc_fcn_url_downloads_voc_sbd_and_the_seg11valid_list(tmp_path, monkeypatch):
+    """url for voc_fcn against a loopback server: the real manifest entries (their layouts and
+    archive kinds) with loopback URLs; FCN's list lands in the VOC folder's ImageSets."""
+    from loopback import LoopbackServer
+    from test_download import Built, build_sbd, build_voc2012, loopback_source, publish
+
+    from pipeline.data import download
+    from pipeline.data.sbd import load_sbd_label
+
+    www = tmp_path / "www"
+    voc_ids, sbd_train = ["2012_000003", "2012_000007"], "2008_000002"  # the builders' ids
+    seg11 = "\n".join(voc_ids).encode() + b"\n"
+    built = {
+        "voc2012": build_voc2012(),
+        "sbd": build_sbd(),
+        "fcn_seg11valid": Built({"seg11valid.txt": seg11}, ["seg11valid.txt"]),
+    }
+    with LoopbackServer(www) as server:
+        for name, files in built.items():
+            publish(www, name, files)
+        manifest = download.Manifest(
+            {name: loopback_source(name, server, files) for name, files in built.items()}
+        )
+        monkeypatch.setattr(download, "load_manifest", lambda path=None: manifest)
+        config = data_config(_params(), "voc_fcn")
+        raw = tmp_path / "data" / "raw" / "voc_fcn"
+        root = acquire(config, raw, progress=False)
+        assert acquire(config, raw, progress=False) == root  # a rerun relinks in place
+        for name, files in built.items():
+            (filename,) = files.files
+            assert len(server.requests_for(f"{name}/{filename}")) == 1, name
+    assert root == raw / "VOCdevkit/VOC2012" and not root.is_symlink()
+    assert (root / "ImageSets/Segmentation/seg11valid.txt").read_bytes() == seg11
+    assert (root / "ImageSets/Segmentation/val.txt").is_file()  # VOC's own lists copied too
+    dataset = config.dataset()
+    assert dataset.sbd_dir(root) == raw / "benchmark_RELEASE/dataset"
+    assert dataset.list_ids(root, "train") == [sbd_train]
+    assert dataset.list_ids(root, "seg11valid") == voc_ids
+    assert check_splits(config, root) == {"train": 1, "val": 2}
+    record = dataset.load_example(root, sbd_train)
+    label = load_sbd_label(raw / "benchmark_RELEASE/dataset/cls" / f"{sbd_train}.mat")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(record["label"]))), label)
+    record = dataset.load_example(root, voc_ids[1])
+    assert record["label"] == (root / "SegmentationClass" / f"{voc_ids[1]}.png").read_bytes()
+    assert np.asarray(Image.open(io.BytesIO(record["label"])))[0, 0] == 255  # VOC's void

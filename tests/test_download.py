@@ -217,6 +217,11 @@ def build_sbd_train_noval(seed: int = 0, evil: bool = False) -> Built:
     return Built({"train_noval.txt": "\n".join(ids).encode() + b"\n"}, ["train_noval.txt"])
 
 
+def build_fcn_seg11valid(seed: int = 0, evil: bool = False) -> Built:
+    ids = [f"2011_{i:06d}" for i in range(seed, seed + 3)]
+    return Built({"seg11valid.txt": "\n".join(ids).encode() + b"\n"}, ["seg11valid.txt"])
+
+
 def build_nyudv2(seed: int = 0, evil: bool = False) -> Built:
     r = _rng(seed)
     labeled = mat73(
@@ -327,6 +332,7 @@ BUILDERS: dict[str, Callable[..., Built]] = {
     "voc2010": build_voc2010,
     "sbd": build_sbd,
     "sbd_train_noval": build_sbd_train_noval,
+    "fcn_seg11valid": build_fcn_seg11valid,
     "nyudv2": build_nyudv2,
     "siftflow": build_siftflow,
     "bsds500": build_bsds500,
@@ -416,6 +422,10 @@ def test_manifest_has_every_source_with_published_checksums() -> None:
     assert m["voc2010"].md5 == "da459979d0c395079b5c75ee67908abb"
     assert m["sbd"].md5 == "82b4d87ceb2ed10f6038a1cba92111cb"
     assert m["sbd_train_noval"].md5 == "79bff800c5f0b1ec6b21080a3c066722"
+    # FCN publishes no checksum: pinned from FCN's data/pascal/seg11valid.txt (736 ids)
+    seg11 = m["fcn_seg11valid"]
+    assert seg11.sha256 == "4ca991bd72c251fd2485eaa9e29536502ea3800d1b1c17c151fd6a04bcfbc2cc"
+    assert (seg11.size, seg11.archive, seg11.layout) == (8832, "none", ("seg11valid.txt",))
     for name in UNPUBLISHED:
         assert all(not f.published for f in m[name].files), name
     assert [f.filename for f in m["nyudv2"].files] == [
@@ -587,6 +597,7 @@ def test_from_dir_is_verified_and_needs_no_network(name: str, root: Path, tmp_pa
             f,
             urls=(DEAD_URL,),
             md5=hashlib.md5(built.files[f.filename]).hexdigest() if f.md5 else None,
+            sha256=hashlib.sha256(built.files[f.filename]).hexdigest() if f.sha256 else None,
             size=None,
         )
         for f in real.files

@@ -1,4 +1,4 @@
-"""SBD / VOC-augmented parsers, the dataset registry, and corrupt-input errors.
+"""SBD / VOC-augmented / FCN-protocol parsers, the dataset registry, and corrupt-input errors.
 
 Real-file tests use the shared fixtures (skipped when absent); the corrupt-input tests build
 their own tiny layouts so they always run.
@@ -7,6 +7,7 @@ their own tiny layouts so they always run.
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from pipeline.data.base import decode_image, decode_label
 from pipeline.data.registry import dataset_names, get_dataset
 from pipeline.data.sbd import (
     SBD,
+    VOCFCN,
     VOCAug,
     build_seg11valid,
     build_train_aug,
@@ -167,6 +169,139 @@ def test_voc_aug_real_palette_label(shared_data: Path) -> None:
     assert set(np.unique(label)) <= set(range(21)) | {255}
 
 
+# -- VOCFCN (FCN's protocol) on tiny layouts -------------------------------------------------
+def _sbd_mat(path: Path, label: np.ndarray) -> None:
+    import scipy.io
+
+    scipy.io.savemat(path, {"GTcls": {"Segmentation": label.astype(np.uint8)}})
+
+
+@pytest.fixture
+def voc_fcn_root(tmp_path) -> Path:
+    """VOC2012 (two seg11valid ids) with SBD beside it (two train ids), as in FCN's data/."""
+    voc = tmp_path / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    sbd = tmp_path / "benchmark_RELEASE/dataset"
+    (sbd / "img").mkdir(parents=True)
+    (sbd / "cls").mkdir()
+    voc_label = np.zeros((12, 16), np.uint8)
+    voc_label[3:6, 4:9] = 15
+    voc_label[2, 4:9] = 255
+    for seed, i in enumerate(("v1", "v2")):
+        (voc / f"JPEGImages/{i}.jpg").write_bytes(_jpeg(12, 16, seed))
+        (voc / f"SegmentationClass/{i}.png").write_bytes(_png(voc_label, "P"))
+    sbd_label = np.zeros((10, 14), np.uint8)
+    sbd_label[2:7, 3:8] = 3
+    for seed, i in enumerate(("s1", "s2")):
+        (sbd / f"img/{i}.jpg").write_bytes(_jpeg(10, 14, 10 + seed))
+        _sbd_mat(sbd / f"cls/{i}.mat", sbd_label)
+    # s1 is in VOC too, with another label: as in FCN, an SBD train id reads SBD's .mat
+    (voc / "JPEGImages/s1.jpg").write_bytes(_jpeg(10, 14, 10))
+    (voc / "SegmentationClass/s1.png").write_bytes(_png(np.full((10, 14), 7), "P"))
+    (sbd / "train.txt").write_text("s1\ns2\n")
+    (voc / "ImageSets/Segmentation/seg11valid.txt").write_text("v1\nv2\n")
+    return voc
+
+
+def test_voc_fcn_reads_sbd_train_from_mat_and_seg11valid_from_voc(voc_fcn_root: Path) -> None:
+    ds = get_dataset("voc_fcn")
+    assert isinstance(ds, VOCFCN) and ds.num_classes == 21
+    assert ds.sbd_dir(voc_fcn_root) == voc_fcn_root.parent / "benchmark_RELEASE/dataset"
+    assert ds.list_ids(voc_fcn_root, "train") == ["s1", "s2"]
+    assert ds.list_ids(voc_fcn_root, "seg11valid") == ["v1", "v2"]
+    for example_id in ("s1", "s2"):
+        record = ds.load_example(voc_fcn_root, example_id)
+        label = decode_label(record["label"], example_id)
+        assert (record["height"], record["width"]) == label.shape == (10, 14)
+        assert set(np.unique(label)) == {0, 3}  # the .mat, not VOC's s1.png (all 7); no void
+    record = ds.load_example(voc_fcn_root, "v1")
+    src = voc_fcn_root / "SegmentationClass/v1.png"
+    assert record["label"] == src.read_bytes()  # VOC's palette PNG as is
+    assert set(np.unique(decode_label(record["label"], "v1"))) == {0, 15, 255}
+    # sbd_root given explicitly: the dataset folder or a folder above it
+    explicit = VOCFCN(sbd_root=voc_fcn_root.parent)
+    assert explicit.list_ids(voc_fcn_root, "train") == ["s1", "s2"]
+
+
+def test_voc_fcn_rereads_a_replaced_sbd_train_list(voc_fcn_root: Path) -> None:
+    """The per-process id cache must not hide a list replaced on disk (atomically, as this
+    project writes files), even one of the same size and modification time."""
+    train = voc_fcn_root.parent / "benchmark_RELEASE/dataset/train.txt"
+    ds = VOCFCN()
+    assert decode_label(ds.load_example(voc_fcn_root, "s1")["label"], "s1").max() == 3
+    stat = train.stat()
+    new = train.with_name("train.txt.new")
+    new.write_text("s2\nsX\n")  # same size as "s1\ns2\n"
+    os.utime(new, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(new, train)
+    assert decode_label(ds.load_example(voc_fcn_root, "s1")["label"], "s1").max() == 7  # VOC's
+
+
+def test_voc_fcn_errors_name_the_file(voc_fcn_root: Path, tmp_path) -> None:
+    ds = VOCFCN()
+    seg11 = voc_fcn_root / "ImageSets/Segmentation/seg11valid.txt"
+    with pytest.raises(DataError, match="unknown voc_fcn split 'val'"):
+        ds.list_ids(voc_fcn_root, "val")
+    seg11.write_text("v1\ns2\n")  # an id FCN trains on
+    with pytest.raises(DataError, match=r"seg11valid\.txt: 1 listed id.*SBD train.*'s2'"):
+        ds.list_ids(voc_fcn_root, "seg11valid")
+    seg11.write_text("v1\nv1\n")
+    with pytest.raises(DataError, match=r"seg11valid\.txt lists some ids more than once"):
+        ds.list_ids(voc_fcn_root, "seg11valid")
+    (voc_fcn_root / "SegmentationClass/v2.png").unlink()
+    seg11.write_text("v1\nv2\nv3\n")
+    with pytest.raises(DataError, match=r"seg11valid\.txt: 2 of 3 listed id.*no VOC image"):
+        ds.list_ids(voc_fcn_root, "seg11valid")
+    seg11.unlink()
+    with pytest.raises(DataError, match=r"seg11valid\.txt.*fcn_seg11valid"):
+        ds.list_ids(voc_fcn_root, "seg11valid")
+    (voc_fcn_root.parent / "benchmark_RELEASE/dataset/cls/s2.mat").unlink()
+    with pytest.raises(DataError, match=r"cls/s2\.mat"):
+        ds.load_example(voc_fcn_root, "s2")
+    lone = tmp_path / "elsewhere" / "VOCdevkit" / "VOC2012"
+    (lone / "JPEGImages").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"no SBD beside .*data\.voc_fcn\.options\.sbd_root"):
+        ds.list_ids(lone, "train")
+    with pytest.raises(DataError, match=r"no SBD layout"):
+        VOCFCN(sbd_root=lone).list_ids(voc_fcn_root, "train")
+
+
+def test_voc_fcn_on_the_real_sbd_and_voc_files(shared_data: Path, tmp_path) -> None:
+    """Real SBD .mat files read as FCN's train split, real VOC files as its val split.
+
+    The fixtures' SBD train.txt is empty (both images are SBD val), so sbd_root is a copy of
+    its layout whose img/ and cls/ link to the real files and whose train.txt lists them.
+    """
+    real = shared_data / "SBD/benchmark_RELEASE/dataset"
+    sbd = tmp_path / "benchmark_RELEASE/dataset"
+    sbd.mkdir(parents=True)
+    for sub in ("img", "cls"):
+        (sbd / sub).symlink_to(real / sub, target_is_directory=True)
+    (sbd / "train.txt").write_text("\n".join(SBD_IDS) + "\n")
+    voc = shared_data / "VOC2012"
+    ds = VOCFCN(sbd_root=tmp_path)
+    assert ds.list_ids(voc, "train") == list(SBD_IDS)
+    for example_id in SBD_IDS:
+        record = ds.load_example(voc, example_id)
+        label = decode_label(record["label"], example_id)
+        np.testing.assert_array_equal(label, load_sbd_label(real / f"cls/{example_id}.mat"))
+        assert label.max() <= 20 and 255 not in label
+        assert (record["height"], record["width"]) == label.shape
+    # by default SBD is found beside the VOC folder, as the fixtures lay it out (SBD/...)
+    default = VOCFCN()
+    assert default.sbd_dir(voc) == real
+    record = default.load_example(voc, "2007_000129")  # a seg11valid id
+    label = decode_label(record["label"], "x")
+    np.testing.assert_array_equal(
+        label, np.asarray(Image.open(voc / "SegmentationClass/2007_000129.png"))
+    )
+    assert 255 in label  # VOC's void borders: FCN's VOCSegDataLayer reads them as is
+    # the real 736-id list passes the SBD check; the 4-image slice lacks most of its images
+    with pytest.raises(DataError, match=r"seg11valid\.txt: \d+ of 736 listed id.*no VOC image"):
+        default.list_ids(voc, "seg11valid")
+
+
 # -- corrupt inputs: DataError naming the file ------------------------------------------------
 def test_truncated_jpeg_names_file(voc_aug_root: Path) -> None:
     path = voc_aug_root / "JPEGImages/grey.jpg"
@@ -220,8 +355,8 @@ def test_sbd_corrupt_mat_and_truncated_jpeg(shared_data: Path, tmp_path) -> None
 # -- registry ---------------------------------------------------------------------------------
 def test_registry_builds_every_dataset_with_protocol() -> None:
     expected = {
-        "voc": 21, "voc_aug": 21, "sbd": 21, "nyud": 40, "siftflow": 33, "siftflow_geo": 3,
-        "bsds": 2, "context": 60, "context59": 60, "context33": 33,
+        "voc": 21, "voc_aug": 21, "voc_fcn": 21, "sbd": 21, "nyud": 40, "siftflow": 33,
+        "siftflow_geo": 3, "bsds": 2, "context": 60, "context59": 60, "context33": 33,
     }  # fmt: skip
     assert set(dataset_names()) == set(expected)
     for name, num_classes in expected.items():

@@ -32,7 +32,8 @@ COPY = ["pipeline", "stages", "params.yaml", "dvc.yaml", ".dvcignore", "pyprojec
 
 def micro(params: dict) -> dict:
     """Smallest settings that still run every stage."""
-    params["data"]["voc_aug"]["builtin"].update(num_train=12, num_val=4, size=48)
+    for name in ("voc_aug", "voc_fcn"):  # DeepLab/PixelNet read voc_aug, FCN reads voc_fcn
+        params["data"][name]["builtin"].update(num_train=12, num_val=4, size=48)
     params["data"]["bsds"]["builtin"].update(num_train=6, num_val=3, height=48, width=64)
     params["evaluate"]["edges"]["n_thresholds"] = {"tiny": 5, "paper": 99}
     params["backbone"]["pretrain"].update(epochs=1, patches_per_image=2)
@@ -40,7 +41,7 @@ def micro(params: dict) -> dict:
     params["run"] = {
         "train": {k: declared[k] for k in MICRO_RUN},
         "crf": ["deeplab-largefov"],
-        "datasets": ["voc_aug", "bsds"],
+        "datasets": ["voc_aug", "voc_fcn", "bsds"],
     }
     for entry in params["run"]["train"].values():
         if entry.get("train", {}).get("iterations") != 0:

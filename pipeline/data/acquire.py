@@ -8,7 +8,7 @@ Every dataset the pipeline can build has a section ``data.<name>`` in params.yam
         local_path: null                      # source local: an existing extracted copy
         splits: {train: train, val: val}      # prepared split name -> the dataset's split
         options: {min_annotators: 3}          # keyword arguments of the dataset class
-        builtin: {num_train: 60, ...}         # the generator's spec (voc, voc_aug, bsds, nyud)
+        builtin: {num_train: 60, ...}         # the generator's spec (voc*, bsds, nyud)
 
 What `dvc repro` downloads and prepares (stages download@NAME / prepare@NAME, foreach) is the
 active experiment set's ``datasets`` list (``run.datasets``): each set in ``experiments``
@@ -46,7 +46,7 @@ class Layout:
     ``root``: the folder the parser opens, relative to the raw folder (the archive's layout).
     ``marker``: a path that exists inside that root (finds the root inside a local copy).
     ``fetch``: raw-relative path -> sources.yaml entry whose dataset root is linked there.
-    ``builtin``: the generator (``voc``/``voc_aug``/``bsds``/``nyud``), None where there is none.
+    ``builtin``: the generator (``voc``/``voc_aug``/``voc_fcn``/``bsds``/``nyud``), or None.
     ``finish``: builds derived files after a download (voc_aug's ``SegmentationClassAug``).
     """
 
@@ -58,6 +58,21 @@ class Layout:
     finish: Callable[[Path], None] | None = field(default=None, compare=False)
 
 
+def _voc_folder(raw_dir: Path) -> tuple[Path, Path]:
+    """``VOCdevkit/VOC2012`` as a real folder over the VOC2012 download (``sources/VOC2012``):
+    links to its JPEGImages and SegmentationClass, copies of its split lists. Returns the
+    folder and its ``ImageSets/Segmentation``, where derived lists go."""
+    voc_src = raw_dir / "sources" / "VOC2012"
+    voc = raw_dir / "VOCdevkit" / "VOC2012"
+    seg = voc / "ImageSets" / "Segmentation"
+    seg.mkdir(parents=True, exist_ok=True)
+    for sub in ("JPEGImages", "SegmentationClass"):
+        _link(voc / sub, voc_src / sub)
+    for split_file in (voc_src / "ImageSets" / "Segmentation").glob("*.txt"):
+        shutil.copyfile(split_file, seg / split_file.name)
+    return voc, seg
+
+
 def _finish_voc_aug(raw_dir: Path) -> None:
     """DeepLab's train_aug from the VOC2012 and SBD downloads (nothing unofficial fetched).
 
@@ -67,13 +82,7 @@ def _finish_voc_aug(raw_dir: Path) -> None:
     from pipeline.data.sbd import build_train_aug_from, write_segmentation_class_aug
 
     voc_src, sbd_src = raw_dir / "sources" / "VOC2012", raw_dir / "benchmark_RELEASE" / "dataset"
-    voc = raw_dir / "VOCdevkit" / "VOC2012"
-    seg = voc / "ImageSets" / "Segmentation"
-    seg.mkdir(parents=True, exist_ok=True)
-    for sub in ("JPEGImages", "SegmentationClass"):
-        _link(voc / sub, voc_src / sub)
-    for split_file in (voc_src / "ImageSets" / "Segmentation").glob("*.txt"):
-        shutil.copyfile(split_file, seg / split_file.name)
+    voc, seg = _voc_folder(raw_dir)
     ids = build_train_aug_from(sbd_src, voc_src)
     (seg / "train_aug.txt").write_text("\n".join(ids) + "\n")
     val = read_split_file(seg / "val.txt")
@@ -92,6 +101,40 @@ def _builtin_voc_aug(raw_dir: Path, spec, progress: bool) -> None:
     shutil.copyfile(seg / "train.txt", seg / "train_aug.txt")
 
 
+def _finish_voc_fcn(raw_dir: Path) -> None:
+    """FCN's layout from the VOC2012, SBD and seg11valid downloads: the VOC folder gets FCN's
+    list in ``ImageSets/Segmentation``; SBD is linked beside it (``benchmark_RELEASE/dataset``)."""
+    _, seg = _voc_folder(raw_dir)
+    shutil.copyfile(raw_dir / "sources" / "fcn" / "seg11valid.txt", seg / "seg11valid.txt")
+
+
+def _builtin_voc_fcn(raw_dir: Path, spec, progress: bool) -> None:
+    """The built-in VOC set in FCN's layout: its train split also as an SBD release
+    (``benchmark_RELEASE/dataset``: ``img/*.jpg``, ``cls/*.mat`` with ``GTcls.Segmentation``,
+    ``train.txt``), its val split as ``seg11valid.txt``. Same images and labels as ``voc_aug``
+    (the built-in labels keep their void band in the .mat files, which real SBD lacks)."""
+    import scipy.io
+
+    from pipeline.data.base import decode_label
+    from pipeline.data.builtin import write_builtin_voc
+    from pipeline.fsutil import atomic_path
+
+    voc = write_builtin_voc(raw_dir, spec, progress=progress)
+    seg = voc / "ImageSets" / "Segmentation"
+    shutil.copyfile(seg / "val.txt", seg / "seg11valid.txt")
+    train = read_split_file(seg / "train.txt")
+    with atomic_path(raw_dir / "benchmark_RELEASE") as tmp:
+        sbd = tmp / "dataset"
+        (sbd / "img").mkdir(parents=True)
+        (sbd / "cls").mkdir()
+        for example_id in train:
+            jpg, png = f"JPEGImages/{example_id}.jpg", voc / f"SegmentationClass/{example_id}.png"
+            shutil.copyfile(voc / jpg, sbd / "img" / f"{example_id}.jpg")
+            label = decode_label(png.read_bytes(), str(png))
+            scipy.io.savemat(sbd / "cls" / f"{example_id}.mat", {"GTcls": {"Segmentation": label}})
+        (sbd / "train.txt").write_text("\n".join(train) + "\n")
+
+
 LAYOUTS: dict[str, Layout] = {
     "voc": Layout(
         "voc", "VOCdevkit/VOC2012", "JPEGImages", {"VOCdevkit/VOC2012": "voc2012"}, "voc"
@@ -103,6 +146,20 @@ LAYOUTS: dict[str, Layout] = {
         {"sources/VOC2012": "voc2012", "benchmark_RELEASE/dataset": "sbd"},
         "voc_aug",
         finish=_finish_voc_aug,
+    ),
+    # FCN's protocol: SBD train / seg11valid. The parser root is the VOC folder (FCN's list in
+    # its ImageSets/Segmentation); SBD sits beside it, as in voc_aug's raw folder
+    "voc_fcn": Layout(
+        "voc_fcn",
+        "VOCdevkit/VOC2012",
+        "SegmentationClass",
+        {
+            "sources/VOC2012": "voc2012",
+            "benchmark_RELEASE/dataset": "sbd",
+            "sources/fcn": "fcn_seg11valid",
+        },
+        "voc_fcn",
+        finish=_finish_voc_fcn,
     ),
     "sbd": Layout("sbd", "benchmark_RELEASE/dataset", "cls", {"benchmark_RELEASE/dataset": "sbd"}),
     "bsds": Layout("bsds", "BSR/BSDS500/data", "images", {"BSR/BSDS500/data": "bsds500"}, "bsds"),
@@ -151,7 +208,7 @@ class DataConfig:
 
     def builtin_spec(self):
         """The built-in generator's spec from ``data.<name>.builtin``."""
-        if self.layout.builtin in ("voc", "voc_aug"):
+        if self.layout.builtin in ("voc", "voc_aug", "voc_fcn"):
             from pipeline.data.builtin import BuiltinSpec as spec_cls
         elif self.layout.builtin == "bsds":
             from pipeline.data.builtin_bsds import BSDSBuiltinSpec as spec_cls
@@ -330,6 +387,8 @@ def acquire(config: DataConfig, raw: Path, progress: bool = True) -> Path:
             write_builtin_voc(raw, config.builtin_spec(), progress=progress)
         elif layout.builtin == "voc_aug":
             _builtin_voc_aug(raw, config.builtin_spec(), progress)
+        elif layout.builtin == "voc_fcn":
+            _builtin_voc_fcn(raw, config.builtin_spec(), progress)
         elif layout.builtin == "nyud":
             from pipeline.data.builtin_nyud import write_builtin_nyud
 

@@ -16,6 +16,7 @@ from pipeline.errors import ParamsError
 _REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
     "voc": ("pipeline.data.voc", "VOC", {}),
     "voc_aug": ("pipeline.data.sbd", "VOCAug", {}),
+    "voc_fcn": ("pipeline.data.sbd", "VOCFCN", {}),
     "sbd": ("pipeline.data.sbd", "SBD", {}),
     "nyud": ("pipeline.data.nyud", "NYUD", {}),
     "siftflow": ("pipeline.data.siftflow", "SIFTFlow", {}),

@@ -5,7 +5,8 @@ Two training sets of the papers come from SBD, and they are easy to confuse:
 * FCN trains on SBD ``train.txt`` (8,498 images), read straight from ``cls/<id>.mat`` as FCN's
   ``SBDDSegDataLayer`` does (``loadmat(f)["GTcls"][0]["Segmentation"][0]``: uint8 0..20, no
   void), and validates on ``seg11valid``: the 736 VOC2011 val images not in SBD train
-  (:func:`build_seg11valid`; the images and labels are VOC's, read by the ``voc`` dataset).
+  (:func:`build_seg11valid`; FCN ships the list; the images and labels are VOC's).
+  :class:`VOCFCN` (dataset ``voc_fcn``) reads both splits, each as FCN's data layers do.
 * DeepLab trains on ``train_aug`` (10,582 images) = SBD train + SBD val + VOC2012 train - VOC2012
   val, with labels in ``SegmentationClassAug`` PNGs: the VOC label (void borders) where VOC has
   one, the SBD label otherwise. :func:`build_train_aug` and :func:`write_segmentation_class_aug`
@@ -15,6 +16,7 @@ Two training sets of the papers come from SBD, and they are easy to confuse:
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterable
 from pathlib import Path
@@ -197,6 +199,135 @@ def build_seg11valid(voc2011_val: Iterable[str], sbd_train: Iterable[str]) -> li
     """FCN's ``seg11valid``: VOC2011 seg val minus SBD train (736 of 1,111), in list order."""
     exclude = set(sbd_train)
     return [i for i in voc2011_val if i not in exclude]
+
+
+FCN_SPLITS = ("train", "seg11valid")
+SEG11VALID = Path("ImageSets") / "Segmentation" / "seg11valid.txt"
+# where VOCFCN looks for SBD beside the VOC folder: the SBD archive's own layout, the shared
+# fixtures' SBD/ folder, and FCN's data/sbdd/dataset
+_SBD_BESIDE = ("benchmark_RELEASE/dataset", "SBD/benchmark_RELEASE/dataset", "sbdd/dataset")
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_ids(path: str, inode: int, mtime_ns: int, size: int) -> frozenset[str]:
+    return frozenset(read_id_list(Path(path), allow_empty=True))
+
+
+def _id_set(path: Path) -> frozenset[str]:
+    """The ids of a split list, read once per process (load_example runs once per id); keyed by
+    inode, mtime and size, so a list rewritten in place or replaced atomically is read again."""
+    if not path.is_file():
+        raise DataError(f"split file not found: {path}")
+    stat = path.stat()
+    return _cached_ids(str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+class VOCFCN:
+    """FCN's PASCAL protocol: train on SBD ``train`` (8,498), validate on ``seg11valid`` (736).
+
+    Each split is read as FCN's own data layers read it: an id of SBD ``train.txt`` gives
+    SBD's ``img/<id>.jpg`` and ``cls/<id>.mat`` (``SBDDSegDataLayer``: no void), any other id
+    VOC's ``JPEGImages/<id>.jpg`` and ``SegmentationClass/<id>.png`` (``VOCSegDataLayer``).
+
+    ``root`` is a VOC folder holding every VOC2011 segmentation image (VOC2011 or VOC2012), with
+    FCN's list at ``ImageSets/Segmentation/seg11valid.txt``. ``sbd_root`` is SBD's
+    ``benchmark_RELEASE/dataset`` or a folder above it; by default SBD is looked for beside the
+    VOC folder or beside its ``VOCdevkit`` (links followed): ``benchmark_RELEASE/dataset``,
+    ``SBD/benchmark_RELEASE/dataset`` or ``sbdd/dataset``. Listing ``seg11valid`` checks that
+    no listed id is in SBD train and that VOC has every listed image and label (DataErrors
+    naming the files).
+    """
+
+    name = "voc_fcn"
+    classes = VOC_CLASSES
+    num_classes = len(VOC_CLASSES)
+    splits = FCN_SPLITS
+
+    def __init__(self, sbd_root: str | Path | None = None) -> None:
+        self.sbd_root = Path(sbd_root) if sbd_root is not None else None
+
+    def sbd_dir(self, root: Path) -> Path:
+        """SBD's ``dataset`` folder for the VOC folder ``root`` (``sbd_root`` or beside it)."""
+        if self.sbd_root is not None:
+            return sbd_dataset_dir(self.sbd_root)
+        voc = voc_dir(root)
+        bases = [voc.parent, voc.parent.parent, voc.resolve().parent, voc.resolve().parent.parent]
+        bases = list(dict.fromkeys(bases))
+        for base in bases:
+            for sub in _SBD_BESIDE:
+                if (base / sub / "cls").is_dir():
+                    return base / sub
+        raise DataError(
+            f"voc_fcn: no SBD beside {voc} (looked for {', '.join(_SBD_BESIDE)} in "
+            f"{', '.join(str(b) for b in bases)}): set the sbd_root option "
+            f"(data.voc_fcn.options.sbd_root)"
+        )
+
+    def list_ids(self, root: Path, split: str) -> list[str]:
+        if split not in FCN_SPLITS:
+            raise DataError(f"unknown voc_fcn split {split!r} (one of {FCN_SPLITS})")
+        sbd_train = self.sbd_dir(root) / "train.txt"
+        if split == "train":
+            return read_id_list(sbd_train)
+        voc = voc_dir(root)
+        path = voc / SEG11VALID
+        if not path.is_file():
+            raise DataError(
+                f"FCN's seg11valid list not found: {path}; it is FCN's data/pascal/seg11valid.txt "
+                f"(sources.yaml entry fcn_seg11valid: `densepipe download fcn_seg11valid`)"
+            )
+        ids = read_id_list(path)
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{path} lists some ids more than once")
+        train_ids = _id_set(sbd_train)
+        if len(build_seg11valid(ids, train_ids)) != len(ids):
+            shared = [i for i in ids if i in train_ids]
+            raise DataError(
+                f"{path}: {len(shared)} listed id(s) are in SBD train {sbd_train} (e.g. "
+                f"{shared[:3]}): FCN validates only on images it never trains on"
+            )
+        missing = [
+            i
+            for i in ids
+            if not (voc / "JPEGImages" / f"{i}.jpg").is_file()
+            or not (voc / "SegmentationClass" / f"{i}.png").is_file()
+        ]
+        if missing:
+            raise DataError(
+                f"{path}: {len(missing)} of {len(ids)} listed id(s) have no VOC image or label "
+                f"in {voc} (JPEGImages/, SegmentationClass/), e.g. {missing[:3]}; the VOC2011 "
+                f"or VOC2012 release has them all"
+            )
+        return ids
+
+    def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
+        sbd = self.sbd_dir(root)
+        if example_id in _id_set(sbd / "train.txt"):
+            image_path = sbd / "img" / f"{example_id}.jpg"
+            image_bytes = _read_bytes(image_path, example_id)
+            label_path = sbd / "cls" / f"{example_id}.mat"
+            if not label_path.is_file():
+                raise DataError(f"missing file for id {example_id!r}: {label_path}")
+            image = decode_image(image_bytes, str(image_path))
+            label = load_sbd_label(label_path)
+            return example_record(
+                example_id, image_bytes, image, label, self.num_classes, str(label_path)
+            )
+        voc = voc_dir(root)
+        image_path = voc / "JPEGImages" / f"{example_id}.jpg"
+        label_path = voc / "SegmentationClass" / f"{example_id}.png"
+        image_bytes = _read_bytes(image_path, example_id)
+        label_bytes = _read_bytes(label_path, example_id)
+        image = decode_image(image_bytes, str(image_path))
+        label = decode_label(label_bytes, str(label_path))
+        validate_label(label, self.num_classes, image.shape[:2], str(label_path))
+        return {
+            "id": example_id,
+            "image": image_bytes,
+            "label": label_bytes,
+            "height": image.shape[0],
+            "width": image.shape[1],
+        }
 
 
 def write_segmentation_class_aug(
