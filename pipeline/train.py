@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cpu_allocator import keep_freed_memory
 from pipeline.data.loader import Augment, InputSpec, batch_to_tensors
 from pipeline.losses import pixel_loss, predict_labels, sample_mask
 from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
@@ -180,6 +181,8 @@ def train_loop(cfg: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config.seed)
     device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on every step (pipeline/cpu_allocator.py)
     spec, augment = InputSpec(**config.input), Augment(**config.augment)
     rng = np.random.default_rng([config.seed, rank])
 

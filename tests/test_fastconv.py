@@ -62,6 +62,29 @@ def test_gemm_matches_conv2d_forward_and_backward(kernel, pad, dilation, batch, 
     _check(ref, fast, torch.randn(batch, 6, 7, 8), bias)  # <= 128 output positions: GEMM path
 
 
+@pytest.mark.parametrize("weight_format", [torch.contiguous_format, torch.channels_last])
+def test_gemm_serves_bf16_autocast_and_channels_last(weight_format):
+    """fc6-like layer under bf16 autocast: the GEMM path, bf16 output, close to oneDNN's bf16."""
+    torch.manual_seed(0)
+    ref = nn.Conv2d(16, 64, 7).to(memory_format=weight_format)
+    fast = copy.deepcopy(ref)
+    use_fast_convs(fast)
+    x = torch.randn(1, 16, 9, 10).contiguous(memory_format=torch.channels_last)
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        yr, yf = ref(xr), fast(xf)
+    assert yf.dtype == torch.bfloat16 and yf.shape == yr.shape
+    assert "Convolution" not in yf.grad_fn.name()  # the GEMM path was taken
+    assert _rel(yf.float(), yr.float()) < 2e-2  # both round to bf16
+    g = torch.randn_like(yr)
+    yr.backward(g)
+    yf.backward(g)
+    assert fast.weight.grad.dtype == torch.float32  # the master weights stay fp32
+    assert fast.weight.grad.is_contiguous(memory_format=weight_format)
+    assert _rel(fast.weight.grad, ref.weight.grad) < 2e-2
+    assert _rel(xf.grad, xr.grad) < 2e-2
+
+
 @needs_nnpack
 def test_falls_back_where_it_does_not_apply():
     torch.manual_seed(0)

@@ -8,12 +8,14 @@
   oneDNN's. Relative error ~1e-5 (float32 rounding; ``tests/test_fastconv.py``).
 * every other ungrouped convolution -> :class:`GemmConv2d`, which runs as one matrix product over
   unfolded patches when the layer is weight-dominated (output positions <= output channels: FCN's
-  fc6 7x7 and fc7 1x1 on a 500x375 image), where MKL's GEMM beats oneDNN's direct convolution,
-  backward included (autograd through ``unfold`` + ``addmm``); elsewhere the usual forward.
+  fc6 7x7 and fc7 1x1 on a 500x375 image), where the BLAS matrix product beats oneDNN's direct
+  convolution, backward included (autograd through ``unfold`` + ``addmm``); elsewhere the usual
+  forward. It also serves bf16 autocast and channels_last inputs (``addmm`` autocasts): with
+  AVX512-BF16, fc6's forward + backward take 0.36 s instead of 0.77 s on a 500x375 image.
 
-Parameters, buffers, state-dict keys, hooks and geometry are unchanged. The fast paths are taken
-only for a CPU float32 NCHW-contiguous input without autocast (Winograd: also NNPACK available);
-anything else (CUDA, channels_last, bf16 autocast, float64) runs the ordinary ``nn.Conv2d``
+Parameters, buffers, state-dict keys, hooks and geometry are unchanged. The Winograd path is taken
+only for a CPU float32 NCHW-contiguous input without autocast (and NNPACK available), the GEMM
+path for any CPU float input; anything else (CUDA, float64) runs the ordinary ``nn.Conv2d``
 forward, so a converted model stays usable everywhere.
 
     >>> model = build_model("fcn8s", 21)
@@ -108,11 +110,21 @@ def _fast_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+def _gemm_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A CPU fp32/bf16 batch in any memory format, in the weight's dtype or under autocast."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and (x.dtype == weight.dtype or torch.is_autocast_enabled("cpu"))
+    )
+
+
 class GemmConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` run as ``weight @ unfold(x)`` where that is one large matrix product."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _fast_input(x, self.weight):
+        if not _gemm_input(x, self.weight):
             return super().forward(x)
         n, _, h, w = x.shape
         (kh, kw), (ph, pw), (dh, dw), (sh, sw) = (
@@ -129,7 +141,14 @@ class GemmConv2d(nn.Conv2d):
             cols = x.reshape(n, x.shape[1], h * w)
         else:
             cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        weight = self.weight.reshape(self.out_channels, -1)
+        weight = self.weight
+        if not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+            # a channels_last model: read the weight as (out, kh, kw, in) without copying it (a
+            # 102M-element permuting copy per step for fc6) and put the patches in that order
+            weight = weight.permute(0, 2, 3, 1)
+            c = x.shape[1]
+            cols = cols.reshape(n, c, kh * kw, -1).transpose(1, 2).reshape(n, kh * kw * c, -1)
+        weight = weight.reshape(self.out_channels, -1)
         if n == 1:
             bias = self.bias.unsqueeze(1) if self.bias is not None else None
             y = torch.addmm(bias, weight, cols[0]) if bias is not None else weight @ cols[0]
