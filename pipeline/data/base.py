@@ -127,3 +127,31 @@ def example_record(
         "width": image.shape[1],
         **extras,
     }
+
+
+def read_example_file(path: Path, example_id: str) -> bytes:
+    """The bytes of one example's file; a missing file names the id and the path."""
+    if not path.is_file():
+        raise DataError(f"missing file for id {example_id!r}: {path}")
+    return path.read_bytes()
+
+
+def png_label_example(
+    example_id: str, image_path: Path, label_path: Path, num_classes: int
+) -> dict[str, Any]:
+    """The prepared row of a JPEG + PNG-label example (VOC's layout), the PNG kept as it is.
+
+    The label is decoded (palette and grey PNGs alike) only to be validated against the image.
+    """
+    image_bytes = read_example_file(image_path, example_id)
+    label_bytes = read_example_file(label_path, example_id)
+    image = decode_image(image_bytes, str(image_path))
+    label = decode_label(label_bytes, str(label_path))
+    validate_label(label, num_classes, image.shape[:2], str(label_path))
+    return {
+        "id": example_id,
+        "image": image_bytes,
+        "label": label_bytes,
+        "height": image.shape[0],
+        "width": image.shape[1],
+    }

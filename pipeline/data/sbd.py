@@ -29,6 +29,8 @@ from pipeline.data.base import (
     decode_image,
     decode_label,
     example_record,
+    png_label_example,
+    read_example_file,
     read_split_file,
     validate_label,
 )
@@ -84,12 +86,6 @@ def load_sbd_label(path: Path) -> np.ndarray:
     return label.astype(np.uint8)
 
 
-def _read_bytes(path: Path, example_id: str) -> bytes:
-    if not path.is_file():
-        raise DataError(f"missing file for id {example_id!r}: {path}")
-    return path.read_bytes()
-
-
 class SBD:
     """FCN's SBD reader: ``img/<id>.jpg`` + ``cls/<id>.mat``; splits train (8,498) / val (2,857).
 
@@ -117,7 +113,7 @@ class SBD:
         base = sbd_dataset_dir(root)
         image_path = base / "img" / f"{example_id}.jpg"
         label_path = base / "cls" / f"{example_id}.mat"
-        image_bytes = _read_bytes(image_path, example_id)
+        image_bytes = read_example_file(image_path, example_id)
         if not label_path.is_file():
             raise DataError(f"missing file for id {example_id!r}: {label_path}")
         image = decode_image(image_bytes, str(image_path))
@@ -157,20 +153,12 @@ class VOCAug:
 
     def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
         voc = voc_dir(root)
-        image_path = voc / "JPEGImages" / f"{example_id}.jpg"
-        label_path = voc / self.label_dir / f"{example_id}.png"
-        image_bytes = _read_bytes(image_path, example_id)
-        label_bytes = _read_bytes(label_path, example_id)
-        image = decode_image(image_bytes, str(image_path))
-        label = decode_label(label_bytes, str(label_path))  # indices, for 'P' and 'L' alike
-        validate_label(label, self.num_classes, image.shape[:2], str(label_path))
-        return {
-            "id": example_id,
-            "image": image_bytes,
-            "label": label_bytes,
-            "height": image.shape[0],
-            "width": image.shape[1],
-        }
+        return png_label_example(
+            example_id,
+            voc / "JPEGImages" / f"{example_id}.jpg",
+            voc / self.label_dir / f"{example_id}.png",
+            self.num_classes,
+        )
 
 
 def build_train_aug(
@@ -303,31 +291,14 @@ class VOCFCN:
     def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
         sbd = self.sbd_dir(root)
         if example_id in _id_set(sbd / "train.txt"):
-            image_path = sbd / "img" / f"{example_id}.jpg"
-            image_bytes = _read_bytes(image_path, example_id)
-            label_path = sbd / "cls" / f"{example_id}.mat"
-            if not label_path.is_file():
-                raise DataError(f"missing file for id {example_id!r}: {label_path}")
-            image = decode_image(image_bytes, str(image_path))
-            label = load_sbd_label(label_path)
-            return example_record(
-                example_id, image_bytes, image, label, self.num_classes, str(label_path)
-            )
+            return SBD().load_example(sbd, example_id)
         voc = voc_dir(root)
-        image_path = voc / "JPEGImages" / f"{example_id}.jpg"
-        label_path = voc / "SegmentationClass" / f"{example_id}.png"
-        image_bytes = _read_bytes(image_path, example_id)
-        label_bytes = _read_bytes(label_path, example_id)
-        image = decode_image(image_bytes, str(image_path))
-        label = decode_label(label_bytes, str(label_path))
-        validate_label(label, self.num_classes, image.shape[:2], str(label_path))
-        return {
-            "id": example_id,
-            "image": image_bytes,
-            "label": label_bytes,
-            "height": image.shape[0],
-            "width": image.shape[1],
-        }
+        return png_label_example(
+            example_id,
+            voc / "JPEGImages" / f"{example_id}.jpg",
+            voc / "SegmentationClass" / f"{example_id}.png",
+            self.num_classes,
+        )
 
 
 def write_segmentation_class_aug(

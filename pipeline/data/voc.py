@@ -8,9 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.base import decode_image, decode_label, read_split_file, validate_label
+from pipeline.data.base import png_label_example, read_split_file
 from pipeline.data.builtin import VOC_CLASSES
-from pipeline.errors import DataError
 
 
 class VOC:
@@ -26,19 +25,9 @@ class VOC:
 
     def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
         root = Path(root)
-        image_path = root / "JPEGImages" / f"{example_id}.jpg"
-        label_path = root / self.label_dir / f"{example_id}.png"
-        for path in (image_path, label_path):
-            if not path.is_file():
-                raise DataError(f"missing file for id {example_id!r}: {path}")
-        image_bytes, label_bytes = image_path.read_bytes(), label_path.read_bytes()
-        image = decode_image(image_bytes, str(image_path))
-        label = decode_label(label_bytes, str(label_path))
-        validate_label(label, self.num_classes, image.shape[:2], str(label_path))
-        return {
-            "id": example_id,
-            "image": image_bytes,
-            "label": label_bytes,
-            "height": image.shape[0],
-            "width": image.shape[1],
-        }
+        return png_label_example(
+            example_id,
+            root / "JPEGImages" / f"{example_id}.jpg",
+            root / self.label_dir / f"{example_id}.png",
+            self.num_classes,
+        )
