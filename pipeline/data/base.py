@@ -129,10 +129,16 @@ def example_record(
     }
 
 
+def require_example_files(example_id: str, *paths: Path) -> None:
+    """Fail before any decoding when one of an example's files is missing (names id and path)."""
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"missing file for id {example_id!r}: {path}")
+
+
 def read_example_file(path: Path, example_id: str) -> bytes:
     """The bytes of one example's file; a missing file names the id and the path."""
-    if not path.is_file():
-        raise DataError(f"missing file for id {example_id!r}: {path}")
+    require_example_files(example_id, path)
     return path.read_bytes()
 
 

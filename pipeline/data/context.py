@@ -27,6 +27,7 @@ from pipeline.data.base import (
     decode_image,
     example_record,
     read_split_file,
+    require_example_files,
 )
 from pipeline.errors import DataError
 
@@ -164,9 +165,7 @@ class PascalContext:
         root = Path(root)
         image_path = self.voc_dir(root) / "JPEGImages" / f"{example_id}.jpg"
         label_path = root / "trainval" / f"{example_id}.mat"
-        for path in (image_path, label_path):
-            if not path.is_file():
-                raise DataError(f"missing file for id {example_id!r}: {path}")
+        require_example_files(example_id, image_path, label_path)
         image_bytes = image_path.read_bytes()
         image = decode_image(image_bytes, str(image_path))
         try:

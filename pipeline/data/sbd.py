@@ -30,8 +30,8 @@ from pipeline.data.base import (
     decode_label,
     example_record,
     png_label_example,
-    read_example_file,
     read_split_file,
+    require_example_files,
     validate_label,
 )
 from pipeline.data.builtin import VOC_CLASSES, voc_palette
@@ -113,9 +113,8 @@ class SBD:
         base = sbd_dataset_dir(root)
         image_path = base / "img" / f"{example_id}.jpg"
         label_path = base / "cls" / f"{example_id}.mat"
-        image_bytes = read_example_file(image_path, example_id)
-        if not label_path.is_file():
-            raise DataError(f"missing file for id {example_id!r}: {label_path}")
+        require_example_files(example_id, image_path, label_path)
+        image_bytes = image_path.read_bytes()
         image = decode_image(image_bytes, str(image_path))
         label = load_sbd_label(label_path)
         return example_record(

@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.base import VOID, decode_image, decode_label, encode_png, validate_label
+from pipeline.data.base import (
+    VOID,
+    decode_image,
+    decode_label,
+    encode_png,
+    read_example_file,
+    validate_label,
+)
 from pipeline.errors import DataError
 
 SIFTFLOW_CLASSES = (
@@ -219,9 +226,7 @@ class SIFTFlow:
     def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
         root = Path(root)
         image_path = self._image_dir(root) / f"{example_id}.jpg"
-        if not image_path.is_file():
-            raise DataError(f"missing file for id {example_id!r}: {image_path}")
-        image_bytes = image_path.read_bytes()
+        image_bytes = read_example_file(image_path, example_id)
         image = decode_image(image_bytes, str(image_path))
         size = image.shape[:2]
         label = self.schema_label(root, self.task, example_id, size)
