@@ -26,6 +26,7 @@ fc-3: sampled >= 10x less peak memory and >= 15x the updates/s of dense (paper: 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -51,6 +52,7 @@ def child(cfg: dict) -> dict:
     import torch.nn.functional as F
 
     from pipeline.models import build_model
+    from pipeline.models.fastlinear import OneDNNLinear
 
     torch.manual_seed(0)
     if cfg["threads"]:
@@ -69,6 +71,9 @@ def child(cfg: dict) -> dict:
         mlp=[4096] * (cfg["fc"] - 1),
         sampling={"per_image": cfg["samples"]},
     ).to(memory_format=torch.channels_last)
+    for m in model.modules():  # the MLP's products: oneDNN, or torch's fp32 matmul (MKL on x86)
+        if isinstance(m, OneDNNLinear):
+            m.kernel = cfg["linear"]
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     variant = cfg["variant"]
@@ -131,33 +136,35 @@ def run_variant(cfg: dict, timeout: float) -> dict:
 def report(rows: list[dict]) -> list[dict]:
     """Print the table and the sampled-vs-dense ratios per MLP depth; return the ratios."""
     print(
-        f"\n{'variant':8} {'fc':>3} {'feat':>5} {'MLP px':>7} {'peak MB':>9} {'size MB':>8} "
-        f"{'upd/s':>8} {'s/upd':>8}"
+        f"\n{'linear':7} {'variant':8} {'fc':>3} {'feat':>5} {'MLP px':>7} {'peak MB':>9} "
+        f"{'size MB':>8} {'upd/s':>8} {'s/upd':>8}"
     )
     for r in rows:
         if "error" in r:
-            print(f"{r['variant']:8} {r['fc']:>3}  failed: {r['error']}")
+            print(f"{r['linear']:7} {r['variant']:8} {r['fc']:>3}  failed: {r['error']}")
             continue
         print(
-            f"{r['variant']:8} {r['fc']:>3} {r['features']:>5} {r['mlp_pixels']:>7} "
-            f"{r['peak_mb']:>9.0f} {r['size_mb']:>8.0f} {r['updates_per_s']:>8.3f} "
-            f"{1 / r['updates_per_s']:>8.2f}"
+            f"{r['linear']:7} {r['variant']:8} {r['fc']:>3} {r['features']:>5} "
+            f"{r['mlp_pixels']:>7} {r['peak_mb']:>9.0f} {r['size_mb']:>8.0f} "
+            f"{r['updates_per_s']:>8.3f} {1 / r['updates_per_s']:>8.2f}"
         )
     ratios = []
-    by = {(r["variant"], r["fc"]): r for r in rows if "error" not in r}
+    by = {(r["linear"], r["variant"], r["fc"]): r for r in rows if "error" not in r}
     print()
-    for fc in sorted({r["fc"] for r in rows}):
-        s = by.get(("sampled", fc))
+    for linear, fc in sorted({(r["linear"], r["fc"]) for r in rows}):
+        s = by.get((linear, "sampled", fc))
         for other in ("dense", "masked"):
-            o = by.get((other, fc))
+            o = by.get((linear, other, fc))
             if s is None or o is None:
                 continue
             mem = o["peak_mb"] / s["peak_mb"]
             speed = s["updates_per_s"] / o["updates_per_s"]
-            ratios.append({"fc": fc, "vs": other, "memory_ratio": mem, "speed_ratio": speed})
+            ratios.append(
+                {"linear": linear, "fc": fc, "vs": other, "memory_ratio": mem, "speed_ratio": speed}
+            )
             print(
-                f"fc-{fc}: sampled uses {mem:5.1f}x less peak memory and makes {speed:5.1f}x the "
-                f"updates/s of {other}"
+                f"{linear} products, fc-{fc}: sampled uses {mem:5.1f}x less peak memory and makes "
+                f"{speed:5.1f}x the updates/s of {other}"
             )
     print(
         f"paper (Titan X, fc-3, vs dense): {PAPER_FC3['memory_ratio']}x memory, "
@@ -181,6 +188,13 @@ def main() -> None:
     ap.add_argument("--dense-steps", type=int, default=1, help="timed updates for dense/masked")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument(
+        "--linear",
+        choices=("onednn", "torch", "both"),
+        default="onednn",
+        help="the MLP's fp32 matrix products: oneDNN (the model's default), torch's matmul "
+        "(MKL on x86: AVX2 speed on AMD CPUs), or both side by side",
+    )
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per variant")
     ap.add_argument("--json", help="write rows and ratios here")
     args = ap.parse_args()
@@ -195,26 +209,27 @@ def main() -> None:
         f"load {os.getloadavg()[0]:.1f}"
     )
     rows = []
-    for fc in args.fc:
-        for variant in args.variants:
-            cfg = {
-                "variant": variant,
-                "fc": fc,
-                "size": args.size,
-                "images": args.images,
-                "samples": args.samples,
-                "width": args.width,
-                "layers": args.layers.split(","),
-                "classes": args.classes,
-                "warmup": args.warmup,
-                "steps": args.steps if variant == "sampled" else args.dense_steps,
-                "threads": args.threads,
-            }
-            t0 = time.time()
-            row = run_variant(cfg, args.timeout)
-            rows.append(row)
-            got = "error" if "error" in row else f"{row['peak_mb']:.0f} MB"
-            print(f"  {variant:8} fc-{fc}: {got} ({time.time() - t0:.0f} s)", flush=True)
+    linears = ("onednn", "torch") if args.linear == "both" else (args.linear,)
+    for fc, linear, variant in itertools.product(args.fc, linears, args.variants):
+        cfg = {
+            "linear": linear,
+            "variant": variant,
+            "fc": fc,
+            "size": args.size,
+            "images": args.images,
+            "samples": args.samples,
+            "width": args.width,
+            "layers": args.layers.split(","),
+            "classes": args.classes,
+            "warmup": args.warmup,
+            "steps": args.steps if variant == "sampled" else args.dense_steps,
+            "threads": args.threads,
+        }
+        t0 = time.time()
+        row = run_variant(cfg, args.timeout)
+        rows.append(row)
+        got = "error" if "error" in row else f"{row['peak_mb']:.0f} MB"
+        print(f"  {linear:7} {variant:8} fc-{fc}: {got} ({time.time() - t0:.0f} s)", flush=True)
     ratios = report(rows)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     if args.json:

@@ -33,6 +33,7 @@ from torch import nn
 
 from pipeline.errors import ParamsError
 from pipeline.models import geometry
+from pipeline.models.fastlinear import OneDNNLinear
 from pipeline.models.vgg import VGG16_CONV_NAMES, VGG16_FC, scaled, vgg16_features
 from pipeline.sampling import SamplingConfig, allocate, sample_pixels, valid_pixels
 
@@ -163,9 +164,9 @@ def _conv_head(in_channels: int, fc_channels: int, dropout: float) -> nn.Sequent
 def _mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: float):
     layers: list[nn.Module] = []
     for d in hidden:
-        layers += [nn.Linear(in_features, d), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        layers += [OneDNNLinear(in_features, d), nn.ReLU(inplace=True), nn.Dropout(dropout)]
         in_features = d
-    layers.append(nn.Linear(in_features, out_features))
+    layers.append(OneDNNLinear(in_features, out_features))
     mlp = nn.Sequential(*layers)
     for m in mlp:
         if isinstance(m, nn.Linear):
@@ -337,15 +338,12 @@ class PixelNet(nn.Module):
     def mlp_dense(self, grid: torch.Tensor) -> torch.Tensor:
         """The MLP as 1x1 convolutions over a (B, T, W, D) grid -> (B, K, T, W) scores.
 
-        The grid is handed to the convolutions as a channels_last view (no copy).
+        A 1x1 convolution over a channels-last grid is one matrix product over its pixels, so
+        the grid goes through the very layers the sampled path uses (same kernels on both paths,
+        which is what makes Table 4's comparison about sampling alone); the scores come back as
+        a channels_last view (no copy).
         """
-        h = grid.permute(0, 3, 1, 2)
-        for m in self.mlp:
-            if isinstance(m, nn.Linear):
-                h = F.conv2d(h, m.weight[:, :, None, None], m.bias)
-            else:
-                h = m(h)
-        return h
+        return self.mlp(grid).permute(0, 3, 1, 2)
 
     # -- predictions ---------------------------------------------------------------------------
 
