@@ -15,6 +15,12 @@ glibc is told to ``mmap`` every block of 128 KiB or more (``MALLOC_MMAP_THRESHOL
 tensors leave the resident set and the peak is the real one. Updates/s: forward + backward +
 SGD step (with fresh samples each step) after a warm-up step.
 
+All three run the model's own MLP layers (``pipeline.models.fastlinear.OneDNNLinear``), so they
+share one set of matrix-product kernels; ``--linear`` picks them: ``onednn`` (the model's
+default on CPU), ``torch`` (torch's fp32 matmul, MKL on x86, which takes its AVX2 path on AMD
+CPUs) or ``both`` side by side. Mixing them (the dense grid on oneDNN's 1x1 convolutions, the
+sampled MLP on MKL) made the fc-3 ratio 13.7x on an AVX-512 AMD CPU instead of ~19x.
+
     .venv/bin/python benchmarks/bench_pixelnet_memory.py                   # Table 4 protocol
     .venv/bin/python benchmarks/bench_pixelnet_memory.py --images 5 --width 0.25 --fc 3
 
@@ -191,7 +197,7 @@ def main() -> None:
     ap.add_argument(
         "--linear",
         choices=("onednn", "torch", "both"),
-        default="onednn",
+        default="both",
         help="the MLP's fp32 matrix products: oneDNN (the model's default), torch's matmul "
         "(MKL on x86: AVX2 speed on AMD CPUs), or both side by side",
     )

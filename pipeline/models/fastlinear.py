@@ -5,9 +5,9 @@ non-Intel CPUs: on an AVX-512 AMD EPYC a 2000x4096 @ 4096x4096 product runs at a
 while oneDNN (the library behind PyTorch's CPU convolutions, which does use AVX-512 there) runs
 the same product at about 400 (``benchmarks/bench_pixelnet_memory.py --linear both``). A 1x1
 convolution is already oneDNN, so a dense MLP-as-1x1-convs ran twice as fast per pixel as the
-same MLP as ``nn.Linear``: :class:`OneDNNLinear` runs all three products of a linear layer
-(forward, input gradient, weight gradient) through oneDNN's inner product instead, so PixelNet's
-sampled and dense paths use the same kernels.
+same MLP as ``nn.Linear``. :class:`OneDNNLinear` runs the forward product and the input gradient
+through oneDNN's inner product; the weight gradient (a sum over pixels, whose operands oneDNN
+would first copy) stays torch's matmul. PixelNet's sampled and dense paths use these same layers.
 
 The function is unchanged (float32 rounding differs: relative error ~1e-6, ``tests/
 test_fastlinear.py``); anything other than a CPU float32 input outside autocast (CUDA, bf16
@@ -51,7 +51,7 @@ def _mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None, kernel: s
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """y = x W^T + b over x's last dim, each product by oneDNN on the 2-D (pixels, features) view.
+    """y = x W^T + b over x's last dim, on the 2-D (pixels, features) view.
 
     The output is a fresh tensor, not a view of the 2-D product: an in-place ReLU on a view would
     make autograd keep a second, full-size copy of the gradient (``CopySlices``).
@@ -74,7 +74,10 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = _mm(gy, weight.t(), None, ctx.kernel).reshape(ctx.x_shape)  # (N,M) @ (M,K)
         if ctx.needs_input_grad[1]:
-            gw = _mm(gy.t(), x.t(), None, ctx.kernel)  # (M, N) @ (N, K)
+            # (M, N) @ (N, K), a sum over pixels: both operands are pixel-major, which oneDNN's
+            # inner product would first copy (one activation: 32 MB for 2000 x 4096); torch's
+            # matmul reads them transposed in place
+            gw = gy.t() @ x
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum(0)
         return gx, gw, gb, None

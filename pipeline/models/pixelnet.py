@@ -9,7 +9,9 @@ at that pixel, bilinearly interpolated, and a multi-layer perceptron maps it to 
   matrix.  Gradients flow through the gather into the trunk.  No dense upsampled grid exists,
   which is where the memory and speed of Table 4 come from.
 * Test (dense): the same MLP as 1x1 convolutions over the upsampled hypercolumn grid, built
-  and consumed in bands of output rows so memory stays bounded on large images.
+  and consumed in bands of output rows so memory stays bounded on large images.  Both paths
+  run the very same layers (:class:`~pipeline.models.fastlinear.OneDNNLinear`: on a CPU, the
+  products go through oneDNN, which unlike torch's fp32 matmul uses AVX-512 on AMD CPUs too).
 
 Where a layer's units sit in the image comes from :mod:`pipeline.models.geometry`, so the
 mapping is derived, not typed in: with pad-1 3x3 convs and 2x2/2 pooling a unit ``j`` at
