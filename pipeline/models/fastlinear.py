@@ -1,9 +1,9 @@
 """fp32 CPU matrix products through oneDNN: the same ``nn.Linear``, at the CPU's full vector width.
 
-PyTorch's fp32 ``matmul`` on CPU is MKL's ``sgemm``, and MKL takes its AVX2 code path on
-non-Intel CPUs: on an AVX-512 AMD EPYC a 2000x4096 @ 4096x4096 product runs at about 200 GFLOP/s,
-while oneDNN (the library behind PyTorch's CPU convolutions, which does use AVX-512 there) runs
-the same product at about 400 (``benchmarks/bench_pixelnet_memory.py --linear both``). A 1x1
+PyTorch's fp32 ``matmul`` on x86 CPUs is MKL's ``sgemm``, which on AMD CPUs runs its AVX2 code:
+on a 2-core AVX-512 AMD EPYC a 2000x4096 @ 4096x4096 product runs at about 200 GFLOP/s (the AVX2
+peak), while oneDNN (the library behind PyTorch's CPU convolutions, which uses AVX-512 there)
+runs it at about 400 (``benchmarks/bench_linear_kernels.py``). A 1x1
 convolution is already oneDNN, so a dense MLP-as-1x1-convs ran twice as fast per pixel as the
 same MLP as ``nn.Linear``. :class:`OneDNNLinear` runs the forward product and the input gradient
 through oneDNN's inner product; the weight gradient (a sum over pixels, whose operands oneDNN
@@ -43,8 +43,8 @@ KERNELS = ("onednn", "torch")
 
 
 def _mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None, kernel: str) -> torch.Tensor:
-    """``a @ b_t.T (+ bias)``: oneDNN reads strided views in place (no transposing copies);
-    ``torch`` is torch's own fp32 matmul (MKL on x86), kept for side-by-side benchmarks."""
+    """``a @ b_t.T (+ bias)``: oneDNN's inner product (it reads a transposed ``b_t`` in place) or,
+    for ``torch``, torch's own fp32 matmul (MKL on x86), kept for side-by-side benchmarks."""
     if kernel == "onednn":
         return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
     return a @ b_t.t() if bias is None else torch.addmm(bias, a, b_t.t())
