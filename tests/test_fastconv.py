@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from tests_helpers import assert_same_layer, rel_err
 from torch import nn
 
 from pipeline.models import build_model, describe
@@ -19,23 +20,10 @@ from pipeline.models.fastconv import (
 needs_nnpack = pytest.mark.skipif(not winograd_available(), reason="NNPACK not available")
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 def _check(ref: nn.Conv2d, fast: nn.Conv2d, x: torch.Tensor, bias: bool) -> None:
-    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yr, yf = ref(xr), fast(xf)
-    assert yf.shape == yr.shape
+    assert (ref.bias is not None) == bias
+    yf = assert_same_layer(ref, fast, x)
     assert "Convolution" not in yf.grad_fn.name()  # the fast path was taken
-    assert _rel(yf, yr) < 1e-5
-    g = torch.randn_like(yr)
-    yr.backward(g)
-    yf.backward(g)
-    assert _rel(xf.grad, xr.grad) < 1e-5
-    assert _rel(fast.weight.grad, ref.weight.grad) < 1e-5
-    if bias:
-        assert _rel(fast.bias.grad, ref.bias.grad) < 1e-5
 
 
 @needs_nnpack
@@ -75,14 +63,14 @@ def test_gemm_serves_bf16_autocast_and_channels_last(weight_format):
         yr, yf = ref(xr), fast(xf)
     assert yf.dtype == torch.bfloat16 and yf.shape == yr.shape
     assert "Convolution" not in yf.grad_fn.name()  # the GEMM path was taken
-    assert _rel(yf.float(), yr.float()) < 2e-2  # both round to bf16
+    assert rel_err(yf.float(), yr.float()) < 2e-2  # both round to bf16
     g = torch.randn_like(yr)
     yr.backward(g)
     yf.backward(g)
     assert fast.weight.grad.dtype == torch.float32  # the master weights stay fp32
     assert fast.weight.grad.is_contiguous(memory_format=weight_format)
-    assert _rel(fast.weight.grad, ref.weight.grad) < 2e-2
-    assert _rel(xf.grad, xr.grad) < 2e-2
+    assert rel_err(fast.weight.grad, ref.weight.grad) < 2e-2
+    assert rel_err(xf.grad, xr.grad) < 2e-2
 
 
 @needs_nnpack
@@ -135,4 +123,4 @@ def test_fcn8s_training_step_matches():
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     for (name, pr), pf in zip(ref.named_parameters(), fast.parameters()):
         if pr.grad is not None:
-            assert _rel(pf.grad, pr.grad) < 1e-4, name
+            assert rel_err(pf.grad, pr.grad) < 1e-4, name

@@ -6,16 +6,13 @@ import copy
 
 import pytest
 import torch
+from tests_helpers import assert_same_layer, rel_err
 from torch import nn
 
 from pipeline.models import build_model
 from pipeline.models.fastlinear import KERNELS, OneDNNLinear, onednn_available, onednn_linear
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def _pair(bias: bool) -> tuple[nn.Linear, OneDNNLinear]:
@@ -33,19 +30,9 @@ def _pair(bias: bool) -> tuple[nn.Linear, OneDNNLinear]:
 def test_matches_linear_forward_and_backward(kernel, shape, bias):
     ref, fast = _pair(bias)
     fast.kernel = kernel
-    x = torch.randn(shape)
-    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
     # an in-place ReLU on the output, as in the PixelNet MLP
-    yr, yf = torch.relu_(ref(xr)), torch.relu_(fast(xf))
-    assert yf.shape == yr.shape == (*shape[:-1], 130)
-    assert _rel(yf, yr) < 1e-5
-    g = torch.randn_like(yr)
-    yr.backward(g)
-    yf.backward(g)
-    assert _rel(xf.grad, xr.grad) < 1e-5
-    assert _rel(fast.weight.grad, ref.weight.grad) < 1e-5
-    if bias:
-        assert _rel(fast.bias.grad, ref.bias.grad) < 1e-5
+    y = assert_same_layer(ref, fast, torch.randn(shape), then=torch.relu_)
+    assert y.shape == (*shape[:-1], 130)
 
 
 @needs_onednn
@@ -68,7 +55,7 @@ def test_other_inputs_take_f_linear():
         y = fast(x)
         assert y.dtype == torch.bfloat16
         assert "_OneDNN" not in y.grad_fn.name()
-        assert _rel(y.float(), ref(x).float()) < 2e-2
+        assert rel_err(y.float(), ref(x).float()) < 2e-2
     y64 = fast.double()(x.double())
     assert y64.dtype == torch.float64
     with pytest.raises(ValueError, match="'mkl'"):
