@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from pipeline.models.fastlinear import OneDNNLinear, onednn_available
+from pipeline.models.fastlinear import OneDNNLinear, _mm, onednn_available
 
 
 def _seconds(fn, repeats: int) -> float:
@@ -38,13 +38,17 @@ def compare(spec: str, repeats: int) -> None:
     torch.manual_seed(0)
     x, w, gy = torch.randn(n, k), torch.randn(m, k), torch.randn(n, m)
     flop = 2.0 * n * k * m
-    lp = torch.ops.mkldnn._linear_pointwise
-    products = {
-        "forward x W^T": (lambda: lp(x, w, None, "none", [], ""), lambda: x @ w.t()),
-        "input grad gy W": (lambda: lp(gy, w.t(), None, "none", [], ""), lambda: gy @ w),
-        "weight grad gy^T x": (lambda: lp(gy.t(), x.t(), None, "none", [], ""), lambda: gy.t() @ x),
-    }
-    for name, (onednn, mkl) in products.items():
+
+    def products(kernel: str) -> dict:
+        """The three products of a linear layer, as ``fastlinear`` computes them per kernel."""
+        return {
+            "forward x W^T": lambda: _mm(x, w, None, kernel),
+            "input grad gy W": lambda: _mm(gy, w.t(), None, kernel),
+            "weight grad gy^T x": lambda: _mm(gy.t(), x.t(), None, kernel),
+        }
+
+    pairs = {n: (f, products("torch")[n]) for n, f in products("onednn").items()}
+    for name, (onednn, mkl) in pairs.items():
         a, b = flop / _seconds(onednn, repeats), flop / _seconds(mkl, repeats)
         print(f"{spec:>16} {name:>18} {a / 1e9:8.0f} {b / 1e9:8.0f} {a / b:5.2f}x")
     rates = {}

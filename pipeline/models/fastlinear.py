@@ -88,7 +88,6 @@ def _fast_input(x: torch.Tensor, weight: torch.Tensor, kernel: str) -> bool:
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and x.dim() >= 1
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
         and (kernel != "onednn" or onednn_available())
