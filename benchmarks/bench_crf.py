@@ -1,8 +1,8 @@
 """Dense-CRF throughput through ``refine_dataset`` with 1 and 2 Ray CPUs, side by side.
 
-Inputs are realistic 500x375, 21-class score maps (``pipeline.crf.synthetic_example``: smooth
-stride-8-like scores over a piecewise-constant segmentation with a matching image), encoded as
-the predict stage writes them (image PNG, ``encode_probs`` PNG). Each CPU setting gets a fresh
+Inputs are realistic 500x375, 21-class score maps (``pipeline.crf.synthetic.synthetic_example``:
+smooth stride-8-like scores over a piecewise-constant segmentation with a matching image), encoded
+as the predict stage writes them (image PNG, ``encode_probs`` PNG). Each CPU setting gets a fresh
 local Ray runtime and a warm-up pass (worker start and imports are not CRF cost); the timed pass
 runs the whole Ray Data pipeline (decode, CRF, encode) and materialises the result.
 
@@ -21,8 +21,11 @@ import time
 
 import numpy as np
 
-from pipeline.crf import CRFParams, encode_probs, refine, refine_dataset, synthetic_example
-from pipeline.data.base import encode_png
+from pipeline.crf.dense import refine, refine_dataset
+from pipeline.crf.params import CRFParams
+from pipeline.crf.synthetic import synthetic_example
+from pipeline.crf.transport import encode_probs
+from pipeline.data.datasets.base import encode_png
 
 
 def make_rows(n: int, height: int, width: int, classes: int) -> list[dict]:
@@ -44,8 +47,8 @@ def make_rows(n: int, height: int, width: int, classes: int) -> list[dict]:
 
 def in_process_latency(rows: list[dict], classes: int, backend: str, repeats: int) -> list[float]:
     """Seconds per image for the CRF call alone (decoded inputs), on the driver, one core."""
-    from pipeline.crf import decode_probs
-    from pipeline.data.base import decode_image
+    from pipeline.crf.transport import decode_probs
+    from pipeline.data.datasets.base import decode_image
 
     if backend == "torch":
         import torch

@@ -27,8 +27,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.edges_nms import canny_edges  # noqa: E402
 from pipeline.metrics.edges import evaluate_bsds  # noqa: E402
+from pipeline.metrics.nms import canny_edges  # noqa: E402
 
 
 def _fixtures() -> Path:

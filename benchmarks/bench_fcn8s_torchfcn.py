@@ -10,7 +10,7 @@ NCHW as it ships. Ours is ``build_model("fcn8s", 21)`` under several settings (`
   ``fast_convs: true`` in params.yaml: bf16 autocast + channels_last (oneDNN's AVX512-BF16
   kernels), fc6 (7x7) and fc7 (1x1) as one matrix product each over unfolded patches
   (``pipeline.models.fastconv``), and the allocator kept from returning freed memory to the
-  kernel (``pipeline.cpu_allocator``: without it a step page-faults ~2 GB back in, 0.75 s of
+  kernel (``pipeline.runtime.cpu_allocator``: without it a step page-faults ~2 GB back in, 0.75 s of
   kernel time);
 * ``fast`` (not in the defaults): ours, fp32, NNPACK Winograd 3x3 (forward, input gradient) +
   GEMM fc6/fc7: the best setting on AVX2-only CPUs (1.45x there);
@@ -69,9 +69,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.cpu_allocator import keep_freed_memory
 from pipeline.models import build_model
 from pipeline.models.fastconv import use_fast_convs, winograd_available
+from pipeline.runtime.cpu_allocator import keep_freed_memory
 
 HEIGHT, WIDTH, CLASSES, VOID = 375, 500, 21, 255
 LR, MOMENTUM = 1e-10, 0.99
@@ -87,7 +87,7 @@ class Config:
     bf16: bool = False
     winograd: bool = False  # NNPACK 3x3 (fp32 only)
     gemm: bool = False  # fc6/fc7 as one matrix product
-    keep_memory: bool = False  # pipeline.cpu_allocator.keep_freed_memory (process-wide)
+    keep_memory: bool = False  # pipeline.runtime.cpu_allocator.keep_freed_memory (process-wide)
     loss_tol: float = 1e-4  # relative, against ours in fp32 eager
     grad_tol: float = 1e-3  # relative L2 norm of the gradient difference
 

@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data.hha import depth_to_hha, read_depth_png  # noqa: E402
+from pipeline.data.encodings.hha import depth_to_hha, read_depth_png  # noqa: E402
 from tests.conftest import fixtures_root  # noqa: E402
 
 

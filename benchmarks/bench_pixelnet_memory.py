@@ -239,7 +239,7 @@ def main() -> None:
     ratios = report(rows)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     if args.json:
-        from pipeline.fsutil import write_text_atomic
+        from pipeline.runtime.fsutil import write_text_atomic
 
         write_text_atomic(args.json, json.dumps({"rows": rows, "ratios": ratios}, indent=1))
 

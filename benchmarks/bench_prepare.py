@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data.bsds import BSDS  # noqa: E402
-from pipeline.data.builtin_bsds import BSDSBuiltinSpec, write_builtin_bsds  # noqa: E402
+from pipeline.data.builtin.bsds import BSDSBuiltinSpec, write_builtin_bsds  # noqa: E402
+from pipeline.data.datasets.bsds import BSDS  # noqa: E402
 from pipeline.data.prepare import prepare_split  # noqa: E402
 from tests.conftest import fixtures_root  # noqa: E402
 

@@ -1,12 +1,13 @@
 """Train a PixelNet edge model on BSDS500 train and score it and Canny on BSDS500 val.
 
-One evaluation path for both (``pipeline.evaluate_edges``): dense sigmoid maps (PixelNet, then
+One evaluation path for both (``pipeline.evaluation.edges``): dense sigmoid maps (PixelNet, then
 structured-edge NMS) or soft Canny maps, then the BSDS benchmark (ODS / OIS / AP) against every
 annotator of each val image.
 
 Steps: prepare BSDS train/val from the raw BSDS500 folder into ``--work-dir`` (Ray Data,
 ``pipeline.data.prepare.prepare_split`` with ``get_dataset("bsds")``); train through
-``pipeline.train.train`` (width-scaled VGG16 hypercolumns + MLP, **from scratch**: no ImageNet
+``pipeline.training.loop.train`` (width-scaled VGG16 hypercolumns + MLP, **from scratch**: no
+ImageNet
 weights are available offline); evaluate both on val; write ``results.json``, the PR curves
 and qualitative grids into ``--out``.
 
@@ -89,8 +90,8 @@ def _floats(text: str) -> list[float]:
 
 
 def prepare(args) -> dict[str, Path]:
+    from pipeline.data.datasets.registry import get_dataset
     from pipeline.data.prepare import prepare_split
-    from pipeline.data.registry import get_dataset
 
     dataset = get_dataset(
         "bsds", min_annotators=args.min_annotators, ignore_ambiguous=args.ignore_ambiguous
@@ -107,7 +108,7 @@ def prepare(args) -> dict[str, Path]:
 
 
 def train_config(args):
-    from pipeline.train import TrainConfig
+    from pipeline.training.loop import TrainConfig
 
     return TrainConfig(
         model="pixelnet",
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
 
     from pipeline.data.loader import InputSpec
     from pipeline.data.prepare import read_prepared, read_prepared_table
-    from pipeline.evaluate_edges import evaluate_canny, evaluate_edge_model
+    from pipeline.evaluation.edges import evaluate_canny, evaluate_edge_model
     from pipeline.metrics.edges import EdgeResult, plot_pr_curve
     from pipeline.models import build_model
 
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
         k: v for k, v in config.__dict__.items() if k not in ("mlflow_uri", "mlflow_run_id")
     }
     if not args.eval_only:
-        from pipeline.train import train
+        from pipeline.training.loop import train
 
         print(f"training: load average {_load()}", flush=True)
         t0 = time.perf_counter()
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
             "load_average_after": _load(),
         }
         print(f"trained: {report['train']}", flush=True)
-        from pipeline import plots
+        from pipeline.report import plots
 
         plots.training_curves(history, out_dir / "train_curves.png", title="PixelNet edges")
     model = build_model(config.model, config.num_classes, **config.model_options)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.data.prepare import read_prepared  # noqa: E402
 from pipeline.experiment import experiment, prepared_dir, train_config  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from pipeline.training.loop import train  # noqa: E402
 
 REGIMES = ("fcn32s-accum", "fcn32s-online", "fcn32s-heavy")
 

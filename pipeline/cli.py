@@ -1,4 +1,8 @@
-"""The ``densepipe`` command: the library's one-off tools (pipeline stages run through DVC)."""
+"""The ``densepipe`` command: the library's one-off tools (pipeline stages run through DVC).
+
+Each subcommand imports what it uses inside its function, so ``densepipe --help`` answers at once
+(no torch, Ray or MLflow import); the only module that does so (tests/test_layout.py).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _download(args: argparse.Namespace) -> None:
-    from pipeline.data.download import fetch
+    from pipeline.data.sources.download import fetch
 
     out = fetch(args.name, Path(args.root), from_dir=args.from_dir, force=args.force)
     print(out)
@@ -36,7 +40,7 @@ def _download(args: argparse.Namespace) -> None:
 
 def _upper_bound(args: argparse.Namespace) -> None:
     from pipeline.analysis.upper_bound import upper_bound
-    from pipeline.data.base import read_split_file
+    from pipeline.data.datasets.base import read_split_file
 
     ids = read_split_file(Path(args.split))
     result = upper_bound(Path(args.labels), ids, args.factors, method=args.method)
@@ -68,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "download",
-        help="download, verify (md5/sha256) and extract a dataset from pipeline/data/sources.yaml",
+        help="download, verify (md5/sha256) and extract a dataset from "
+        "pipeline/data/sources/sources.yaml",
     )
     p.add_argument("name", help="source name, e.g. voc2012, sbd, nyudv2, siftflow, bsds500")
     p.add_argument("--root", default="data/downloads", help="where archives and extracted data go")

@@ -11,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.data.loader import MASKS, InputSpec
+from pipeline.data.prepare import read_prepared_table
 from pipeline.errors import ParamsError
+from pipeline.models import build_model
 from pipeline.params import Params, choice, positive, positive_list, repo_root
-from pipeline.train import TrainConfig
+from pipeline.training.loop import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16")
@@ -93,8 +95,6 @@ def _backbone_init(params: Params, model: str, root: Path | None) -> tuple[str |
     """
     import torch
 
-    from pipeline.models import build_model
-
     with torch.device("meta"):
         arch = getattr(build_model(model, 2, width=0.125), "arch", "vgg16")
     if arch != "vgg16":
@@ -156,8 +156,6 @@ def load_trained(params: Params, key: str, root: Path | None = None):
     """The trained model of experiment ``key`` (``models/<key>/model.pt``) and its config."""
     import torch
 
-    from pipeline.models import build_model
-
     config = train_config(params, key, root=root)
     model = build_model(config.model, config.num_classes, **config.model_options)
     state = torch.load(model_dir(key, root) / "model.pt", map_location="cpu", weights_only=True)
@@ -177,6 +175,4 @@ def prepared_dir(dataset: str, split: str, root: Path | None = None) -> Path:
 
 def prepared_split(params: Params, key: str, split: str, root: Path | None = None):
     """A prepared split of experiment ``key``'s dataset as an in-memory Arrow table."""
-    from pipeline.data.prepare import read_prepared_table
-
     return read_prepared_table(prepared_dir(experiment(params, key)["dataset"], split, root))

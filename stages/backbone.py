@@ -12,11 +12,11 @@ import torch
 
 from pipeline.data.loader import InputSpec
 from pipeline.data.prepare import read_prepared_table
-from pipeline.fsutil import atomic_path
 from pipeline.models.weights import imagenet_state_dict, read_state_dict
 from pipeline.params import choice, load_params, repo_root
-from pipeline.pretrain import PretrainConfig, pretrain_classifier
-from pipeline.tracking import flatten, stage_run
+from pipeline.runtime.fsutil import atomic_path
+from pipeline.runtime.tracking import flatten, stage_run
+from pipeline.training.pretrain import PretrainConfig, pretrain_classifier
 
 if __name__ == "__main__":
     params = load_params()

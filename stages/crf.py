@@ -9,14 +9,14 @@ import sys
 
 import mlflow
 
-from pipeline.crf import backend_from_params, load_best
-from pipeline.crf_eval import evaluate_crf, refine_rows, trimap_table, write_figures
+from pipeline.crf.evaluate import evaluate_crf, refine_rows, trimap_table, write_figures
+from pipeline.crf.params import backend_from_params, load_best
+from pipeline.evaluation.scores import SCORES_FILE
 from pipeline.experiment import crf_best_path
-from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, positive, repo_root
-from pipeline.predict import SCORES_FILE
-from pipeline.raycluster import init_ray
-from pipeline.tracking import stage_run
+from pipeline.runtime.fsutil import write_text_atomic
+from pipeline.runtime.raycluster import init_ray
+from pipeline.runtime.tracking import stage_run
 
 if __name__ == "__main__":
     key = sys.argv[1]

@@ -9,12 +9,13 @@ import sys
 
 import mlflow
 
-from pipeline.crf import CRFParams, backend_from_params, coarse_to_fine_search, save_best
+from pipeline.crf.params import CRFParams, backend_from_params, save_best
+from pipeline.crf.search import coarse_to_fine_search
+from pipeline.evaluation.scores import read_scores, search_examples
 from pipeline.experiment import crf_best_path
 from pipeline.params import load_params, positive, repo_root
-from pipeline.predict import read_scores, search_examples
-from pipeline.raycluster import init_ray
-from pipeline.tracking import flatten, stage_run, tracking_uri
+from pipeline.runtime.raycluster import init_ray
+from pipeline.runtime.tracking import flatten, stage_run, tracking_uri
 
 if __name__ == "__main__":
     key = sys.argv[1]

@@ -8,7 +8,7 @@ every dataset the set's experiments read.
 
 import argparse
 
-from pipeline.data.acquire import (
+from pipeline.data.sources.acquire import (
     acquire,
     build_list,
     check_splits,

@@ -7,11 +7,11 @@ Writes metrics/canny.json and reports/figures/canny/ (PR curve, examples).
 import json
 
 from pipeline.data.prepare import read_prepared_table
-from pipeline.evaluate_edges import evaluate_canny, summary
+from pipeline.evaluation.edges import evaluate_canny, summary
 from pipeline.experiment import prepared_dir
-from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, repo_root
-from pipeline.raycluster import init_ray
+from pipeline.runtime.fsutil import write_text_atomic
+from pipeline.runtime.raycluster import init_ray
 
 if __name__ == "__main__":
     params = load_params()

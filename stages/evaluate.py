@@ -12,17 +12,17 @@ import sys
 
 import mlflow
 
-from pipeline.data.builtin import VOC_CLASSES
-from pipeline.evaluate import evaluate, write_outputs
+from pipeline.data.builtin.voc import VOC_CLASSES
+from pipeline.evaluation import edges, normals, segmentation
 from pipeline.experiment import experiment, input_spec, load_trained, prepared_split
-from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, repo_root
-from pipeline.raycluster import init_ray
-from pipeline.tracking import stage_run
+from pipeline.runtime.fsutil import write_text_atomic
+from pipeline.runtime.raycluster import init_ray
+from pipeline.runtime.tracking import stage_run
 
 
 def evaluate_segmentation(model, config, table, spec, params, figures, scales) -> dict:
-    scores, hist, kept = evaluate(
+    scores, hist, kept = segmentation.evaluate(
         model,
         table,
         spec,
@@ -32,33 +32,29 @@ def evaluate_segmentation(model, config, table, spec, params, figures, scales) -
         keep_examples=params.get("evaluate.num_qualitative"),
         scales=scales,
     )
-    return write_outputs(scores, hist, kept, VOC_CLASSES, figures)
+    return segmentation.write_outputs(scores, hist, kept, VOC_CLASSES, figures)
 
 
 def evaluate_edges(model, table, spec, params, figures, scales) -> dict:
-    from pipeline.evaluate_edges import evaluate_edge_model, summary
-
-    edges = params.section("evaluate.edges")
+    settings = params.section("evaluate.edges")
     init_ray(params)
-    result = evaluate_edge_model(
+    result = edges.evaluate_edge_model(
         model,
         table,
         spec,
-        n_thresholds=edges["n_thresholds"],
-        max_dist=edges["max_dist"],
-        nms=edges["nms"],
+        n_thresholds=settings["n_thresholds"],
+        max_dist=settings["max_dist"],
+        nms=settings["nms"],
         scales=scales,
         out_dir=figures,
         name="edges",
         progress=True,
     )
-    return summary(result)
+    return edges.summary(result)
 
 
 def evaluate_normals(model, config, table, spec, params, figures, scales) -> dict:
-    from pipeline.evaluate_normals import evaluate_normals, write_outputs
-
-    scores, kept = evaluate_normals(
+    scores, kept = normals.evaluate_normals(
         model,
         table,
         spec,
@@ -66,7 +62,7 @@ def evaluate_normals(model, config, table, spec, params, figures, scales) -> dic
         scales=scales,
         keep_examples=params.get("evaluate.num_qualitative"),
     )
-    return write_outputs(scores, kept, figures)
+    return normals.write_outputs(scores, kept, figures)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ Writes data/scores/<run>/scores.parquet: id, image, label, height, width, probs 
 
 import sys
 
+from pipeline.evaluation.scores import predict_scores
 from pipeline.experiment import input_spec, load_trained, prepared_split
 from pipeline.params import load_params, repo_root
-from pipeline.predict import predict_scores
 
 if __name__ == "__main__":
     key = sys.argv[1]

@@ -3,9 +3,9 @@
 
 import argparse
 
-from pipeline.data.acquire import data_config, dataset_names, prepare_dataset, raw_dir
+from pipeline.data.sources.acquire import data_config, dataset_names, prepare_dataset, raw_dir
 from pipeline.params import load_params, repo_root
-from pipeline.raycluster import init_ray
+from pipeline.runtime.raycluster import init_ray
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

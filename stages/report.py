@@ -1,9 +1,9 @@
 """DVC stage `report`: reports/results.md, every paper table with our numbers beside the paper's."""
 
 from pipeline.experiment import declared_experiments, experiment, run_names
-from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, repo_root
-from pipeline.report import build_report
+from pipeline.report.tables import build_report
+from pipeline.runtime.fsutil import write_text_atomic
 
 if __name__ == "__main__":
     params = load_params()

@@ -8,13 +8,13 @@ import argparse
 
 import mlflow
 
-from pipeline import plots
 from pipeline.data.prepare import read_prepared
 from pipeline.experiment import experiment, prepared_dir, train_config
 from pipeline.params import load_params, repo_root
-from pipeline.raycluster import init_ray
-from pipeline.tracking import flatten, stage_run, tracking_uri
-from pipeline.train import train
+from pipeline.report import plots
+from pipeline.runtime.raycluster import init_ray
+from pipeline.runtime.tracking import flatten, stage_run, tracking_uri
+from pipeline.training.loop import train
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

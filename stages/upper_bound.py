@@ -11,12 +11,12 @@ paper's row.
 import json
 
 from pipeline.analysis.upper_bound import DEFAULT_METHOD, METHODS, compare_methods
-from pipeline.data.acquire import dataset_root
-from pipeline.data.base import read_split_file
-from pipeline.data.sbd import SEG11VALID
+from pipeline.data.datasets.base import read_split_file
+from pipeline.data.datasets.sbd import SEG11VALID
+from pipeline.data.sources.acquire import dataset_root
 from pipeline.errors import ParamsError
-from pipeline.fsutil import write_text_atomic
 from pipeline.params import load_params, repo_root
+from pipeline.runtime.fsutil import write_text_atomic
 
 if __name__ == "__main__":
     params = load_params()

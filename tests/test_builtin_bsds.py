@@ -8,13 +8,13 @@ import scipy.io
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.data.bsds import BSDS, consensus_edges
-from pipeline.data.builtin_bsds import (
+from pipeline.data.builtin.bsds import (
     BSDSBuiltinSpec,
     render_bsds_example,
     segmentation_boundaries,
     write_builtin_bsds,
 )
+from pipeline.data.datasets.bsds import BSDS, consensus_edges
 
 SPEC = BSDSBuiltinSpec(num_train=6, num_val=3, num_test=1, height=40, width=56, seed=2)
 

@@ -5,8 +5,8 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from pipeline.data.builtin import BuiltinSpec, render_example, write_builtin_voc
-from pipeline.data.voc import VOC
+from pipeline.data.builtin.voc import BuiltinSpec, render_example, write_builtin_voc
+from pipeline.data.datasets.voc import VOC
 
 SPEC = BuiltinSpec(num_train=6, num_val=3, size=48, seed=3)
 

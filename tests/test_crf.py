@@ -7,23 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.crf import (
-    CRFParams,
-    backend_from_params,
-    coarse_to_fine_search,
-    decode_probs,
-    encode_probs,
-    evaluate,
-    expand_grid,
-    fine_grid,
-    load_best,
-    refine,
-    refine_dataset,
-    save_best,
-    search,
-    synthetic_example,
-)
-from pipeline.data.base import decode_label, encode_png
+from pipeline.crf.dense import refine, refine_dataset
+from pipeline.crf.params import CRFParams, backend_from_params, load_best, save_best
+from pipeline.crf.search import coarse_to_fine_search, evaluate, expand_grid, fine_grid, search
+from pipeline.crf.synthetic import synthetic_example
+from pipeline.crf.transport import decode_probs, encode_probs
+from pipeline.data.datasets.base import decode_label, encode_png
 from pipeline.errors import DataError, ParamsError
 from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
 
@@ -352,7 +341,7 @@ def test_torch_backend_reproduces_the_strip_cases(one_torch_thread) -> None:
 
 
 def test_torch_batch_keeps_images_apart(one_torch_thread) -> None:
-    from pipeline.crf import refine_torch_batch
+    from pipeline.crf.lattice import refine_torch_batch
 
     a = synthetic_example(60, 80, num_classes=5, seed=1)
     b = synthetic_example(50, 90, num_classes=5, seed=2)
@@ -366,7 +355,7 @@ def test_torch_batch_keeps_images_apart(one_torch_thread) -> None:
 def test_torch_backend_on_a_real_voc_image(shared_data, one_torch_thread) -> None:
     from PIL import Image
 
-    from pipeline.crf import synthetic_scores
+    from pipeline.crf.synthetic import synthetic_scores
 
     voc = shared_data / "VOC2012"
     image = np.asarray(Image.open(voc / "JPEGImages" / "2011_000006.jpg").convert("RGB"))

@@ -14,7 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.data.acquire import (
+from pipeline.data.datasets.registry import dataset_names as registry_names
+from pipeline.data.sources.acquire import (
     LAYOUTS,
     acquire,
     build_list,
@@ -25,7 +26,6 @@ from pipeline.data.acquire import (
     prepared_dir,
     raw_dir,
 )
-from pipeline.data.registry import dataset_names as registry_names
 from pipeline.errors import DataError, ParamsError
 from pipeline.params import Params
 
@@ -259,8 +259,8 @@ def test_url_source_fetches_and_links_every_manifest_entry(tmp_path, monkeypatch
 def test_nyud_prepare_computes_hha_in_the_ray_map(ray_local, tmp_path):
     from test_parsers_nyud import _frames, write_labeled_mat
 
-    from pipeline.data.hha import NYU_CAMERA, depth_to_hha
-    from pipeline.data.nyud import GUPTA_CROP, NYUD, metres_to_mm
+    from pipeline.data.datasets.nyud import GUPTA_CROP, NYUD, metres_to_mm
+    from pipeline.data.encodings.hha import NYU_CAMERA, depth_to_hha
     from pipeline.data.prepare import prepare_split
 
     frames = _frames()
@@ -318,7 +318,7 @@ def test_voc_aug_url_builds_segmentation_class_aug(tmp_path, monkeypatch):
     import scipy.io
 
     from pipeline.data import download
-    from pipeline.data.builtin import BuiltinSpec, write_builtin_voc
+    from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
 
     downloads = tmp_path / "data" / "raw" / "downloads"
     voc = write_builtin_voc(downloads / "voc2012", BuiltinSpec(num_train=3, num_val=2, size=24))
@@ -360,7 +360,7 @@ def test_builtin_voc_fcn_writes_sbd_train_and_seg11valid(ray_local, tmp_path):
     import json
 
     from pipeline.analysis.upper_bound import DEFAULT_METHOD
-    from pipeline.data.sbd import load_sbd_label
+    from pipeline.data.datasets.sbd import load_sbd_label
 
     small = {"source": "builtin", "builtin": {"num_train": 4, "num_val": 3, "size": 32}}
     config = data_config(_params(voc_fcn=small), "voc_fcn")
@@ -419,7 +419,7 @@ def test_voc_fcn_url_downloads_voc_sbd_and_the_seg11valid_list(tmp_path, monkeyp
     from test_download import Built, build_sbd, build_voc2012, loopback_source, publish
 
     from pipeline.data import download
-    from pipeline.data.sbd import load_sbd_label
+    from pipeline.data.datasets.sbd import load_sbd_label
 
     www = tmp_path / "www"
     voc_ids, sbd_train = ["2012_000003", "2012_000007"], "2008_000002"  # the builders' ids

@@ -14,6 +14,7 @@ from pipeline.models import (
     VGG16Classifier,
     build_model,
     describe,
+    init_from_checkpoint,
     list_models,
     load_vgg16_weights,
     param_groups,
@@ -310,7 +311,7 @@ def test_msc_starts_from_the_trained_plain_net(tmp_path) -> None:
     with torch.no_grad():
         base.fc8.weight.normal_(0, 0.1)
     msc = build_model("deeplab-largefov-msc", 4, width=1 / 16).eval()
-    report = msc.load_from_coarser(base)
+    report = init_from_checkpoint(msc, base)
     assert set(report["copied"]) == set(base.state_dict())
     assert report["skipped"] and all(k.startswith(("msc.", "fc8_msc.")) for k in report["skipped"])
     x = torch.randn(1, 3, 45, 38)

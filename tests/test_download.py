@@ -26,7 +26,7 @@ import scipy.io as sio
 from loopback import LoopbackServer
 from PIL import Image
 
-from pipeline.data.download import (
+from pipeline.data.sources.download import (
     MARKER_NAME,
     PINS_NAME,
     DataError,

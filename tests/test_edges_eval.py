@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from pipeline.edges_nms import canny_edges, conv_tri, edge_nms, edge_orientation
 from pipeline.errors import DataError
 from pipeline.metrics.edges import (
     EdgeResult,
@@ -26,6 +25,7 @@ from pipeline.metrics.edges import (
     thin_boundaries,
     write_edge_result,
 )
+from pipeline.metrics.nms import canny_edges, conv_tri, edge_nms, edge_orientation
 
 # The CSA matcher builds a random sparse graph (seeded from the clock), so ports agree with
 # MATLAB to about 1e-3 on the summary; single images move a little more.

@@ -14,11 +14,11 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from pipeline.data.base import VOID, encode_png
-from pipeline.data.bsds import stack_png
+from pipeline.data.datasets.base import VOID, encode_png
+from pipeline.data.datasets.bsds import stack_png
 from pipeline.data.loader import Augment, InputSpec, decode_rows
 from pipeline.errors import DataError
-from pipeline.evaluate_edges import (
+from pipeline.evaluation.edges import (
     evaluate_canny,
     evaluate_edge_maps,
     evaluate_edge_model,
@@ -84,7 +84,7 @@ class RedChannel(torch.nn.Module):
 
 
 def test_row_boundaries_unstacks_every_annotator() -> None:
-    from pipeline.evaluate import iter_rows
+    from pipeline.data.loader import iter_rows
 
     row = next(iter_rows(_table(1, annotators=4)))
     maps = row_boundaries(row)

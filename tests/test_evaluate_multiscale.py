@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.data.base import encode_png
+from pipeline.data.datasets.base import encode_png
 from pipeline.data.loader import InputSpec
 from pipeline.errors import ParamsError
-from pipeline.evaluate import evaluate, multiscale_probs, predict
+from pipeline.evaluation.inference import multiscale_probs, predict
+from pipeline.evaluation.segmentation import evaluate
 
 SIZE = 48
 

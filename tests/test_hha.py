@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.data.hha import (
+from pipeline.data.encodings.hha import (
     NYU_CAMERA,
     CameraIntrinsics,
     depth_to_hha,
@@ -17,7 +17,7 @@ from pipeline.data.hha import (
     hha_to_png,
     read_depth_png,
 )
-from pipeline.data.normals import box_sum, depth_to_normals, point_cloud
+from pipeline.data.encodings.normals import box_sum, depth_to_normals, point_cloud
 from pipeline.errors import DataError
 
 # ---------------------------------------------------------------- golden frame (Depth2HHA-python)
@@ -58,7 +58,7 @@ def test_golden_default_matches_matlab(
     hha_default: np.ndarray, golden: dict[str, np.ndarray]
 ) -> None:
     """depth_to_hha(depth, raw_depth) is within MAD 6.8 of MATLAB per channel: in fact equal
-    (the golden was made with every pixel in the fits, see pipeline.data.hha)."""
+    (the golden was made with every pixel in the fits, see pipeline.data.encodings.hha)."""
     mad = _mad(hha_default, golden["matlab"])
     assert (mad <= MATLAB_MAD_LIMIT).all(), f"per-channel MAD vs MATLAB {mad}"
     assert (mad == 0).all(), f"per-channel MAD vs MATLAB {mad}"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.data.base import VOID
+from pipeline.data.datasets.base import VOID
 from pipeline.data.loader import SHAPE_VALUE, InputSpec, collate
 from pipeline.metrics.segmentation import segmentation_scores
 

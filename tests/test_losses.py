@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.losses import pixel_loss, sample_mask
+from pipeline.training.losses import pixel_loss, sample_mask
 
 
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.9])

@@ -13,6 +13,7 @@ from pipeline.models import (
     VGG16Classifier,
     build_model,
     convolutionalize,
+    init_from_checkpoint,
     list_models,
     load_vgg16_weights,
     param_groups,
@@ -244,7 +245,7 @@ def test_staged_init_copies_everything_and_adds_exactly_zero(coarse: str, fine: 
     """
     src = _randomised(coarse, 0)
     dst = build_model(fine, 4, width=TINY).eval()
-    report = dst.load_from_coarser(src)
+    report = init_from_checkpoint(dst, src)
     assert "score_fr.weight" in report["copied"] and "backbone.conv1_1.weight" in report["copied"]
     new = {
         "fcn16s": {"score_pool4", "upscore2", "upscore16"},
@@ -285,7 +286,7 @@ def test_staged_output_equals_coarse_output_where_interpolation_agrees() -> None
     with torch.no_grad():
         src.score_fr.bias.copy_(torch.tensor([1.5, -2.0]))  # weights stay zero: constant scores
     dst = build_model("fcn16s", 2, width=TINY).eval()
-    dst.load_from_coarser(src)
+    init_from_checkpoint(dst, src)
     x = torch.randn(1, 3, 150, 150)
     with torch.no_grad():
         a, b = src(x), dst(x)
@@ -297,11 +298,11 @@ def test_staged_output_equals_coarse_output_where_interpolation_agrees() -> None
 def test_staged_init_refuses_wrong_shapes_and_unrelated_state() -> None:
     dst = build_model("fcn16s", 4, width=TINY)
     with pytest.raises(ParamsError, match="score_fr.weight"):
-        dst.load_from_coarser(build_model("fcn32s", 5, width=TINY))
-    report = dst.load_from_coarser(build_model("fcn32s", 5, width=TINY), strict_shapes=False)
+        init_from_checkpoint(dst, build_model("fcn32s", 5, width=TINY))
+    report = init_from_checkpoint(dst, build_model("fcn32s", 5, width=TINY), strict_shapes=False)
     assert "score_fr.weight" in report["skipped"]
     with pytest.raises(ParamsError, match="shares no layer"):
-        dst.load_from_coarser({"foo.weight": torch.zeros(1)})
+        init_from_checkpoint(dst, {"foo.weight": torch.zeros(1)})
 
 
 # --- parameter groups and freezing -------------------------------------------------------------

@@ -13,10 +13,15 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.data.builtin_nyud import MAP_CLASS, NYUDBuiltinSpec, write_builtin_nyud
+from pipeline.data.builtin.nyud import MAP_CLASS, NYUDBuiltinSpec, write_builtin_nyud
+from pipeline.data.datasets.nyud import NYUD, NYUD_CLASSES, metres_to_mm
+from pipeline.data.encodings.normals import (
+    NYU_CAMERA,
+    depth_to_normals,
+    normals_to_png,
+    png_to_normals,
+)
 from pipeline.data.loader import Augment, InputSpec, _shift, batch_to_tensors, decode_rows
-from pipeline.data.normals import NYU_CAMERA, depth_to_normals, normals_to_png, png_to_normals
-from pipeline.data.nyud import NYUD, NYUD_CLASSES, metres_to_mm
 from pipeline.errors import DataError
 from pipeline.params import Params
 
@@ -92,7 +97,7 @@ def test_builtin_parses_through_the_real_parser(nyud_root):
 
 
 def test_builtin_from_params_through_acquire(tmp_path):
-    from pipeline.data.acquire import acquire, check_splits, data_config, raw_dir
+    from pipeline.data.sources.acquire import acquire, check_splits, data_config, raw_dir
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"]["nyud"]["builtin"] = {"num_train": 4, "num_test": 2, "height": 48, "width": 64}
@@ -108,7 +113,7 @@ def test_builtin_from_params_through_acquire(tmp_path):
 def test_scenes_are_planes_whose_normals_follow_the_surfaces():
     """Most pixels of a built-in frame lie on planes: their least-squares normals agree with
     the floor's (up) or a wall's (horizontal) orientation, and colour varies with them."""
-    from pipeline.data.builtin_nyud import render_nyud_frame
+    from pipeline.data.builtin.nyud import render_nyud_frame
 
     spec = NYUDBuiltinSpec()
     frame = render_nyud_frame(spec, 0)
@@ -271,7 +276,7 @@ def _table(normals: list[np.ndarray]):
 
 
 def test_evaluate_perfect_prediction_gives_zero_error(tmp_path):
-    from pipeline.evaluate_normals import evaluate_normals, write_outputs
+    from pipeline.evaluation.normals import evaluate_normals, write_outputs
 
     truths = [_unit((6, 8), 0), _unit((6, 8), 1)]
     truths[0][2:4, 3:5] = np.nan  # no normal: not scored
@@ -351,7 +356,7 @@ def _params(run: str) -> Params:
 
 
 def test_pixelnet_normals_experiment_and_each_sets_datasets():
-    from pipeline.data.acquire import build_list
+    from pipeline.data.sources.acquire import build_list
     from pipeline.experiment import experiment, train_config
 
     for profile in ("tiny", "paper"):
@@ -369,7 +374,7 @@ def test_pixelnet_normals_experiment_and_each_sets_datasets():
 
 
 def test_report_prints_our_normals_beside_table5(tmp_path):
-    from pipeline.report import build_report
+    from pipeline.report.tables import build_report
 
     metrics = {"mean": 30.04, "median": 25.0, "rmse": 35.5, "within_11_25": 20.0,
                "within_22_5": 45.0, "within_30": 60.0, "n_pixels": 100}  # fmt: skip

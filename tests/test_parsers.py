@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.base import decode_image, decode_label
-from pipeline.data.registry import dataset_names, get_dataset
-from pipeline.data.sbd import (
+from pipeline.data.datasets.base import decode_image, decode_label
+from pipeline.data.datasets.registry import dataset_names, get_dataset
+from pipeline.data.datasets.sbd import (
     SBD,
     VOCFCN,
     VOCAug,
@@ -378,8 +378,9 @@ def test_registry_errors_name_the_problem() -> None:
 
 def test_registry_imports_dataset_modules_lazily() -> None:
     code = (
-        "import sys; import pipeline.data.registry as r; "
-        "print(any(m in sys.modules for m in ('h5py', 'pipeline.data.nyud', 'pipeline.data.voc')))"
+        "import sys; import pipeline.data.datasets.registry as r; "
+        "print(any(m in sys.modules for m in "
+        "('h5py', 'pipeline.data.datasets.nyud', 'pipeline.data.datasets.voc')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

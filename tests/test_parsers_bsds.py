@@ -12,8 +12,8 @@ import scipy.io
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.data.base import VOID, decode_image, decode_label, encode_png
-from pipeline.data.bsds import (
+from pipeline.data.datasets.base import VOID, decode_image, decode_label, encode_png
+from pipeline.data.datasets.bsds import (
     BSDS,
     HEDAugment,
     consensus_edges,

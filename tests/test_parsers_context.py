@@ -10,8 +10,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from pipeline.data.base import VOID, decode_label
-from pipeline.data.context import (
+from pipeline.data.datasets.base import VOID, decode_label
+from pipeline.data.datasets.context import (
     CONTEXT_33,
     CONTEXT_59,
     PascalContext,

@@ -13,8 +13,8 @@ import scipy.io
 from PIL import Image
 
 from pipeline.data import nyud as nyud_module
-from pipeline.data.base import VOID, decode_image, decode_label
-from pipeline.data.nyud import GUPTA_CROP, NYUD, NYUD_CLASSES, class_lut, metres_to_mm
+from pipeline.data.datasets.base import VOID, decode_image, decode_label
+from pipeline.data.datasets.nyud import GUPTA_CROP, NYUD, NYUD_CLASSES, class_lut, metres_to_mm
 from pipeline.errors import DataError
 
 N_FRAMES = 3
@@ -191,7 +191,7 @@ def test_real_hha_module_interface_matches_the_call() -> None:
     """The HHA module's signature is what NYUD._hha calls (cheap guard against drift)."""
     import inspect
 
-    hha = pytest.importorskip("pipeline.data.hha")
+    hha = pytest.importorskip("pipeline.data.encodings.hha")
     params = list(inspect.signature(hha.depth_to_hha).parameters)
     assert params[:2] == ["depth_m", "raw_depth_m"] and "camera" in params
     camera = hha.NYU_CAMERA.crop(GUPTA_CROP[0].start, GUPTA_CROP[1].start)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from pipeline.data.base import VOID, decode_label
-from pipeline.data.siftflow import (
+from pipeline.data.datasets.base import VOID, decode_label
+from pipeline.data.datasets.siftflow import (
     ABSENT_FROM_TEST,
     EVAL_CLASSES,
     SIFTFLOW_CLASSES,

@@ -18,7 +18,7 @@ from pipeline.models.pixelnet import (
     sample_features,
     upsample_rows,
 )
-from pipeline.sampling import valid_pixels
+from pipeline.models.sampling import valid_pixels
 
 W = 1 / 8
 
@@ -404,7 +404,7 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float:
 
 
 def test_edge_training_smoke_and_dense_edge_map() -> None:
-    from pipeline.edges_nms import edge_nms
+    from pipeline.metrics.nms import edge_nms
 
     torch.manual_seed(0)
     model = build_model(

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.data.builtin import BuiltinSpec, voc_palette, write_builtin_voc
+from pipeline.data.builtin.voc import BuiltinSpec, voc_palette, write_builtin_voc
+from pipeline.data.datasets.voc import VOC
 from pipeline.data.prepare import prepare_split
-from pipeline.data.voc import VOC
 from pipeline.errors import DataError
 
 SPEC = BuiltinSpec(num_train=8, num_val=4, size=40, seed=1)

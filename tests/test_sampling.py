@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.errors import ParamsError
-from pipeline.sampling import SamplingConfig, allocate, sample_pixels, valid_pixels
+from pipeline.models.sampling import SamplingConfig, allocate, sample_pixels, valid_pixels
 
 
 def _labels(b: int = 3, h: int = 40, w: int = 50, void_share: float = 0.4, seed: int = 0):

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from pipeline.data.builtin import BuiltinSpec, write_builtin_voc
+from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
+from pipeline.data.datasets.voc import VOC
 from pipeline.data.prepare import prepare_split, read_prepared
-from pipeline.data.voc import VOC
-from pipeline.train import TrainConfig, train
+from pipeline.training.loop import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 

@@ -18,12 +18,15 @@ x component (the surface faces the other way), rescaling resamples them nearest-
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pipeline.data.base import VOID, decode_image, decode_label
+from pipeline.data.datasets.base import VOID, decode_image, decode_label
+from pipeline.data.encodings.normals import png_to_normals
+from pipeline.errors import DataError
 
 MASKS = ("none", "fg", "bg", "shape")
 #: mirroring a normals map negates the x component (camera frame: x right, y down, z forward)
@@ -131,9 +134,6 @@ def rescale(
 
 def decode_normals(batch: dict, index: int) -> np.ndarray:
     """Row ``index``'s ``normals`` column as HxWx3 float32 (NaN: no normal)."""
-    from pipeline.data.normals import png_to_normals
-    from pipeline.errors import DataError
-
     source = f"row {batch['id'][index]}"
     if "normals" not in batch:
         raise DataError(
@@ -252,3 +252,11 @@ def batch_to_tensors(
     """Prepared rows -> (Nx3xHxW float input, NxHxW int64 labels); for ``task="normals"`` the
     target is Nx3xHxW float32 normals (NaN: none)."""
     return collate(decode_rows(batch, augment, rng, task), spec)
+
+
+def iter_rows(table) -> Iterator[dict]:
+    """Prepared rows one at a time as 1-row numpy batches (the loader's input format)."""
+    columns = table.column_names
+    for batch in table.to_batches(max_chunksize=1):
+        data = batch.to_pydict()
+        yield {c: np.asarray(data[c], dtype=object) for c in columns}

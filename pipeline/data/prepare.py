@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.data.base import Dataset
+from pipeline.data.datasets.base import Dataset
 from pipeline.errors import DataError
-from pipeline.fsutil import atomic_path
+from pipeline.runtime.fsutil import atomic_path
 
 ROWS_PER_SHARD = 500
 ROWS_PER_TASK = 8  # examples per map task: small, so every CPU gets work (one task per block)
@@ -72,7 +72,7 @@ def prepare_split(dataset: Dataset, root: Path, split: str, out_dir: Path) -> in
     ctx.raise_original_map_exception = True  # a bad file surfaces as our DataError
     ctx.enable_progress_bars = True
     # Ray Data reserves part of the CPUs per operator by default; on a small node that leaves
-    # a CPU idle (as in pipeline/crf.py)
+    # a CPU idle (as in pipeline/crf/dense.py)
     ctx.op_resource_reservation_enabled = False
     num_blocks = max(1, math.ceil(len(ids) / ROWS_PER_TASK))
     root = Path(root)

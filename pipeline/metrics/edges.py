@@ -37,7 +37,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.fsutil import atomic_path, write_text_atomic
+from pipeline.metrics.nms import edge_nms
+from pipeline.runtime.fsutil import atomic_path, write_text_atomic
 
 PRED_SUFFIXES = (".png", ".npy")
 
@@ -252,8 +253,6 @@ def evaluate_image(
 
     pred = np.asarray(pred, dtype=np.float64)
     if nms:
-        from pipeline.edges_nms import edge_nms
-
         pred = edge_nms(pred)
     gts = [np.asarray(b) != 0 for b in boundaries]
     gt_sums = [float(g.sum()) for g in gts]

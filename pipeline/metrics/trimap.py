@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.metrics.segmentation import segmentation_scores
+from pipeline.runtime.fsutil import atomic_path
 
 VOID = 255
 
@@ -105,8 +106,6 @@ def plot_trimap(curves: Mapping[str, Mapping[float, Mapping[str, Any]]], path: s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pipeline.fsutil import atomic_path
 
     path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))

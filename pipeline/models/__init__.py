@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from pipeline.errors import ParamsError
+from pipeline.models.backbones import build_fcn32s
 from pipeline.models.deeplab import VARIANTS as _DEEPLAB_VARIANTS
 from pipeline.models.deeplab import DeepLab, deeplab_vgg16
 from pipeline.models.fcn import FCN, param_groups, vgg16_fcn
@@ -49,15 +50,6 @@ def _fixed(name: str, num_classes: int, **kw: Any) -> FCN:
     return model
 
 
-def _backbone(arch: str) -> Callable[..., FCN]:
-    def build(name: str, num_classes: int, **kw: Any) -> FCN:
-        from pipeline.models import backbones
-
-        return backbones.build_fcn32s(arch, name, num_classes, **kw)
-
-    return build
-
-
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "fcn32s": partial(vgg16_fcn, "fcn32s"),
     "fcn16s": partial(vgg16_fcn, "fcn16s", skips=("pool4",)),
@@ -67,8 +59,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "fcn-pool5": partial(vgg16_fcn, "fcn-pool5", pool_only="pool5"),
     "fcn-pool4": partial(vgg16_fcn, "fcn-pool4", pool_only="pool4"),
     "fcn-pool3": partial(vgg16_fcn, "fcn-pool3", pool_only="pool3"),
-    "fcn32s-alexnet": partial(_backbone("alexnet"), "fcn32s-alexnet"),
-    "fcn32s-googlenet": partial(_backbone("googlenet"), "fcn32s-googlenet"),
+    "fcn32s-alexnet": partial(build_fcn32s, "alexnet", "fcn32s-alexnet"),
+    "fcn32s-googlenet": partial(build_fcn32s, "googlenet", "fcn32s-googlenet"),
 }
 _DEEPLAB_NAMES = [v + msc for v in _DEEPLAB_VARIANTS for msc in ("", "-msc")]
 _REGISTRY.update({n: partial(deeplab_vgg16, n) for n in _DEEPLAB_NAMES})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
 
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 
 from pipeline.errors import ParamsError
 from pipeline.models import geometry
-from pipeline.models.vgg import VGG16_BLOCKS, fc_head, scaled
+from pipeline.models.vgg import VGG16_BLOCKS, fc_head, scaled, vgg16_features
 
 __all__ = [
     "MSC_TAPS",
@@ -143,8 +143,6 @@ def subsample_labels(
 @functools.cache
 def _imagenet_cell() -> int:
     """Pixels per pool5 unit of the ImageNet VGG16 (32): the cell one fc6 tap stood for."""
-    from pipeline.models.vgg import vgg16_features
-
     with torch.device("meta"):
         g = geometry.trace(vgg16_features(1 / 64, conv1_pad=1, ceil_mode=False))
     return int(g.stride)
@@ -315,14 +313,6 @@ class DeepLab(nn.Module):
         return subsample_labels(labels, scores.shape[-2:], self.output_stride)
 
     # --- initialisation ------------------------------------------------------------------------
-
-    def load_from_coarser(
-        self, source: nn.Module | Mapping[str, torch.Tensor], *, strict_shapes: bool = True
-    ) -> dict[str, list[str]]:
-        """-MSc from the trained plain net: copy every same-named tensor; the MSc layers are new."""
-        from pipeline.models.weights import init_from_checkpoint
-
-        return init_from_checkpoint(self, source, strict_shapes=strict_shapes)
 
 
 #: Table 2: fc6 kernel size, input stride (dilation) and fc6/fc7 channels of each variant

@@ -9,7 +9,7 @@ reference offsets (19; 5 and 27; 5, 9 and 31) come out of the definition instead
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -241,14 +241,6 @@ class FCN(nn.Module):
     def upsampling_layers(self) -> dict[str, BilinearUpsample]:
         """The deconvolutions by name, coarse to fine (the last one is the final upsampling)."""
         return {n: m for n, m in self.named_children() if isinstance(m, BilinearUpsample)}
-
-    def load_from_coarser(
-        self, source: nn.Module | Mapping[str, torch.Tensor], *, strict_shapes: bool = True
-    ) -> dict[str, list[str]]:
-        """Staged training: copy every same-named weight from a coarser net (32s -> 16s -> 8s)."""
-        from pipeline.models.weights import init_from_checkpoint
-
-        return init_from_checkpoint(self, source, strict_shapes=strict_shapes)
 
     def freeze_all_but_score(self) -> None:
         """FCN-32s-fixed: only the class scoring layer learns."""

@@ -36,8 +36,8 @@ from torch import nn
 from pipeline.errors import ParamsError
 from pipeline.models import geometry
 from pipeline.models.fastlinear import OneDNNLinear
+from pipeline.models.sampling import SamplingConfig, allocate, sample_pixels, valid_pixels
 from pipeline.models.vgg import VGG16_CONV_NAMES, VGG16_FC, scaled, vgg16_features
-from pipeline.sampling import SamplingConfig, allocate, sample_pixels, valid_pixels
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -421,7 +421,8 @@ class PixelNet(nn.Module):
         reduction: str = "pixel",
         scorer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss_sum, normaliser)`` over sampled pixels, as ``pipeline.losses.pixel_loss``.
+        """``(loss_sum, normaliser)`` over sampled pixels, as
+        ``pipeline.training.losses.pixel_loss``.
 
         ``segmentation``: softmax cross-entropy, y B x H x W (255 void, never sampled);
         ``edges``: sigmoid cross-entropy on 1 output, y in {0, 1, 255}, positives weighted by
@@ -497,7 +498,7 @@ def predict_edges_dense(model: PixelNet, image: torch.Tensor) -> np.ndarray:
     """H x W float32 edge probabilities in [0, 1]: sigmoid of the tiled dense output.
 
     ``image`` is a preprocessed 3 x H x W (or 1 x 3 x H x W) tensor; the result feeds
-    ``pipeline.edges_nms.edge_nms`` and the BSDS evaluator's prediction files.
+    ``pipeline.metrics.nms.edge_nms`` and the BSDS evaluator's prediction files.
     """
     if model.num_classes != 1:
         raise ValueError(f"edge prediction needs a 1-output model, got {model.num_classes}")

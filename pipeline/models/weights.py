@@ -20,6 +20,11 @@ import torch
 from torch import nn
 
 from pipeline.errors import DownloadError, ParamsError
+from pipeline.models.backbones import (
+    ALEXNET_CONV_NAMES,
+    convolutionalize_googlenet,
+    googlenet_conv_state,
+)
 from pipeline.models.vgg import VGG16_CONV_NAMES
 
 __all__ = [
@@ -119,13 +124,8 @@ def convolutionalize(net: nn.Module) -> nn.Sequential:
     """
     arch = _arch_of(net)
     if arch == "googlenet":
-        from pipeline.models.backbones import convolutionalize_googlenet
-
         return convolutionalize_googlenet(net)
-    if arch == "alexnet":
-        from pipeline.models.backbones import ALEXNET_CONV_NAMES as conv_names
-    else:
-        conv_names = VGG16_CONV_NAMES
+    conv_names = ALEXNET_CONV_NAMES if arch == "alexnet" else VGG16_CONV_NAMES
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     names = iter(conv_names)
     last = "0"
@@ -258,14 +258,10 @@ def load_backbone_weights(fcn_model: nn.Module, classifier_state: StateDict) -> 
     if arch == "vgg16":
         return load_vgg16_weights(fcn_model, classifier_state)
     if arch == "alexnet":
-        from pipeline.models.backbones import ALEXNET_CONV_NAMES
-
         return _load_classifier(
             fcn_model, classifier_to_conv_state(classifier_state, ALEXNET_CONV_NAMES)
         )
     if arch == "googlenet":
-        from pipeline.models.backbones import googlenet_conv_state
-
         return _load_classifier(fcn_model, googlenet_conv_state(classifier_state))
     raise ParamsError(f"no ImageNet weights known for architecture {arch!r}")
 

@@ -1,0 +1,1 @@
+"""DeepLab's fully connected CRF: parameters, inference (pydensecrf, torch), search, evaluation."""

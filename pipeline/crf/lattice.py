@@ -1,0 +1,245 @@
+"""The dense CRF in torch: a permutohedral lattice exactly as densecrf builds it, batched.
+
+The same mean field as pydensecrf (``pipeline.crf.dense``), on CPU or GPU, several images in one
+lattice. Labels agree with pydensecrf on >= 99% of pixels (tests/test_crf.py).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.crf.params import CRFParams, check_inputs
+
+
+class _TorchLattice:
+    """Permutohedral lattice (Adams et al. 2010) exactly as densecrf builds it, in torch.
+
+    Holds each pixel's d+1 enclosing vertices and barycentric weights, and each vertex's two
+    neighbours along every lattice axis (the blur is ``v + (v[n1] + v[n2]) / 2`` per axis;
+    slicing scales by densecrf's ``alpha = 1 / (1 + 2^-d)``). Keys are packed into int64 codes:
+    one sort builds the table, neighbours are found by code arithmetic + ``searchsorted``.
+    ``group`` (image index) goes into the codes' high bits, so a batch of images shares one
+    lattice yet never exchanges messages.
+    """
+
+    def __init__(self, features: Any, group: Any = None):
+        n, d = features.shape
+        d1 = d + 1
+        dev = features.device
+        # elevate onto the hyperplane (scaled so the blur approximates a unit Gaussian)
+        inv_std = math.sqrt(2.0 / 3.0) * d1
+        scale = torch.tensor([inv_std / math.sqrt((i + 1) * (i + 2)) for i in range(d)], device=dev)
+        cf = features.float() * scale
+        elev = torch.zeros(n, d1, device=dev)
+        elev[:, :d] = cf.flip(1).cumsum(1).flip(1)
+        elev[:, 1:] -= torch.arange(1, d1, device=dev, dtype=torch.float32) * cf
+        # nearest remainder-0 point, then the simplex (rank of each coordinate's residual)
+        v = elev / d1
+        up, down = torch.ceil(v) * d1, torch.floor(v) * d1
+        rem0 = torch.where(up - elev < elev - down, up, down)
+        total = (rem0 / d1).round().sum(1, keepdim=True).long()
+        resid = elev - rem0
+        idx = torch.arange(d1, device=dev)
+        # rank = position in descending order, ties to the earlier coordinate (as densecrf)
+        order = torch.argsort(resid, dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, idx.expand(n, d1)) + total
+        rem0 = rem0.long() + torch.where(rank < 0, d1, 0) - torch.where(rank > d, d1, 0)
+        rank = rank.remainder(d1)
+        # barycentric weights of the d+1 enclosing vertices
+        vb = (elev - rem0.float()) / d1
+        bary = torch.zeros(n, d1 + 1, device=dev)
+        bary.scatter_add_(1, d - rank, vb)
+        bary.scatter_add_(1, d - rank + 1, -vb)
+        bary[:, 0] += 1.0 + bary[:, d1]
+        bary = bary[:, :d1]
+        # vertex r has key[i] = rem0[i] + r - d1 * [rank[i] > d - r] (first d coordinates),
+        # packed into one int64 code; margins of 2 d1 keep neighbours' codes carry-free
+        r0 = rem0[:, :d]
+        lo = r0.amin(0) - 2 * d1
+        span = (r0.amax(0) + 2 * d1 - lo + 1).tolist()
+        bits = [max(1, int(x).bit_length()) for x in span]
+        gbits = int(group.max()).bit_length() if group is not None and n else 0
+        if sum(bits) + gbits > 62:
+            raise ValueError(f"lattice keys need {sum(bits) + gbits} bits; features too spread")
+        shifts = [0]
+        for nb in bits[:-1]:
+            shifts.append(shifts[-1] + nb)
+        weight = torch.tensor([1 << sh for sh in shifts], device=dev, dtype=torch.long)
+        base = ((r0 - lo) * weight).sum(1)
+        if group is not None:
+            base += group.long() << sum(bits)
+        one_all = int(weight.sum())
+        # sum_i [rank_i > d - r] w_i = the weights of the coordinates ranked d, d-1, .., d1-r
+        order = torch.empty_like(rank).scatter_(1, rank, idx.expand(n, d1))
+        ranked_w = torch.cat([weight, weight.new_zeros(1)])[order.flip(1)]
+        codes = base[:, None] + idx * one_all
+        codes[:, 1:] -= d1 * ranked_w[:, :d].cumsum(1)
+        codes = codes.reshape(-1)
+        sorted_codes, perm = torch.sort(codes)
+        uniq, inv, counts = torch.unique_consecutive(
+            sorted_codes, return_inverse=True, return_counts=True
+        )
+        m = uniq.numel()
+        offset = torch.empty_like(inv)
+        offset[perm] = inv
+        self.n, self.m, self.d1 = n, m, d1
+        self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
+        self.offset = offset.reshape(n, d1)  # lattice vertex of each (pixel, simplex corner)
+        self.bary = bary.contiguous()
+        self.crow = torch.zeros(m + 1, dtype=torch.long, device=dev)  # splat rows: vertices
+        self.crow[1:] = counts.cumsum(0)
+        self.perm = perm  # (pixel, corner) entries in vertex order
+        # blur neighbours along each lattice axis j: key -1 everywhere but +d at j, and back;
+        # a missing neighbour is -1
+        self.blur = []
+        for j in range(d1):
+            step = one_all - (d1 * int(weight[j]) if j < d else 0)
+            self.blur.append((self._find(uniq, uniq - step), self._find(uniq, uniq + step)))
+
+    @staticmethod
+    def _find(uniq: Any, codes: Any) -> Any:
+        pos = torch.searchsorted(uniq, codes).clamp_(max=uniq.numel() - 1)
+        return torch.where(uniq[pos] == codes, pos, -1)
+
+    def symmetric_norm(self) -> Any:
+        """densecrf's NORMALIZE_SYMMETRIC factor ``1/sqrt(K 1)`` per pixel (one channel: no CSR)."""
+        v = torch.zeros(self.m + 1, device=self.bary.device)
+        v.index_add_(0, self.offset.reshape(-1), self.bary.reshape(-1))
+        for n1, n2 in self.blur:
+            v[:-1] = v[:-1] + 0.5 * (v[n1] + v[n2])  # v[-1] == 0 stands in for a missing one
+        out = (v[self.offset] * self.bary).sum(1) * self.alpha
+        return out.add_(1e-20).rsqrt_()
+
+
+def _csr(crow: Any, col: Any, val: Any, shape: tuple[int, int]) -> Any:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
+
+
+class _LatticeFilter:
+    """``sum_k out_k * K_k(in_k * x)`` over lattices on the same pixels: 2 spmm + d+1 blurs.
+
+    The per-pixel scales (symmetric normalisation, kernel weight) are folded into the sparse
+    splat / slice values and the lattices are stacked, so one mean-field step is one splat,
+    one blur, one slice fused with the unary (``addmm``) and a softmax: no N x C temporaries.
+    """
+
+    def __init__(self, lattices: Sequence[_TorchLattice], in_scales: Any, out_scales: Any):
+        n = lattices[0].n
+        dev = lattices[0].offset.device
+        starts = [0]
+        for lat in lattices:
+            starts.append(starts[-1] + lat.m)
+        total = starts[-1]
+        crows, cols, vals, nnz = [torch.zeros(1, dtype=torch.long, device=dev)], [], [], 0
+        for lat, scale in zip(lattices, in_scales):
+            pixel = lat.perm // lat.d1
+            crows.append(lat.crow[1:] + nnz)
+            cols.append(pixel)
+            vals.append(lat.bary.reshape(-1)[lat.perm] * scale[pixel])
+            nnz += lat.perm.numel()
+        self.splat = _csr(torch.cat(crows), torch.cat(cols), torch.cat(vals), (total, n))
+        width = sum(lat.d1 for lat in lattices)
+        col = torch.cat([lat.offset + st for lat, st in zip(lattices, starts)], 1)
+        val = torch.cat(
+            [lat.bary * (lat.alpha * scale)[:, None] for lat, scale in zip(lattices, out_scales)],
+            1,
+        )
+        crow = torch.arange(0, width * n + 1, width, device=dev)
+        self.slice = _csr(crow, col.reshape(-1), val.reshape(-1), (n, total))
+        self.blur = []
+        pad = torch.full((1,), total, dtype=torch.long, device=dev)
+        for j in range(max(lat.d1 for lat in lattices)):
+            pair = []
+            for side in (0, 1):
+                parts = []
+                for lat, st in zip(lattices, starts):
+                    if j < lat.d1:  # beyond its own axes a lattice's rows see only the pad (0)
+                        nb = lat.blur[j][side]
+                        parts.append(torch.where(nb < 0, total, nb + st))
+                    else:
+                        parts.append(pad.expand(lat.m))
+                pair.append(torch.cat([*parts, pad]))
+            self.blur.append(pair)
+
+    def __call__(self, x: Any, add: Any = None) -> Any:
+        """``add + sum_k out_k * K_k(in_k * x)`` for x of N x C."""
+        v = torch.cat([self.splat @ x, x.new_zeros(1, x.shape[1])])
+        for n1, n2 in self.blur:
+            v = torch.add(v, v.index_select(0, n1) + v.index_select(0, n2), alpha=0.5)
+        if add is None:
+            return self.slice @ v[:-1]
+        return torch.addmm(add, self.slice, v[:-1])
+
+
+def refine_torch_batch(
+    images: Sequence[np.ndarray],
+    probs: Sequence[np.ndarray],
+    params: CRFParams | None = None,
+    device: str | None = None,
+) -> list[np.ndarray]:
+    """The dense CRF of ``refine`` for a batch of images at once, in torch (CPU or CUDA).
+
+    Same model and approximations as pydensecrf (permutohedral lattice, symmetric kernel
+    normalisation, Potts compatibility as attraction, unary clipped at 1e-5): labels agree with
+    pydensecrf on >= 99% of pixels (tests/test_crf.py). Images may differ in size; all must
+    have the same number of classes. ``device`` None: CUDA when available.
+    """
+    params = params or CRFParams()
+    if len(images) != len(probs):
+        raise ValueError(f"{len(images)} images but {len(probs)} score maps")
+    if not images:
+        return []
+    for image, p in zip(images, probs):
+        check_inputs(image, p)
+    classes = {p.shape[0] for p in probs}
+    if len(classes) != 1:
+        raise ValueError(f"score maps differ in class count: {sorted(classes)}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sizes = [p.shape[1] * p.shape[2] for p in probs]
+    pos, rgb, group = [], [], []
+    for k, image in enumerate(images):
+        h, w = image.shape[:2]
+        yy, xx = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32, device=dev),
+            torch.arange(w, dtype=torch.float32, device=dev),
+            indexing="ij",
+        )
+        pos.append(torch.stack([xx, yy], -1).reshape(-1, 2))
+        rgb.append(torch.as_tensor(np.array(image, np.float32), device=dev).reshape(-1, 3))
+        group.append(torch.full((h * w,), k, dtype=torch.long, device=dev))
+    pos_t, rgb_t, group_t = torch.cat(pos), torch.cat(rgb), torch.cat(group)
+    logp = torch.cat(
+        [torch.as_tensor(np.array(p, np.float32), device=dev).reshape(len(p), -1).T for p in probs]
+    )
+    logp = logp.clamp_(1e-5, 1.0).log_()
+    kernels = []
+    if params.w2 > 0:
+        kernels.append((float(params.w2), pos_t / float(params.sigma_gamma)))
+    if params.w1 > 0:
+        feats = torch.cat([pos_t / float(params.sigma_alpha), rgb_t / float(params.sigma_beta)], 1)
+        kernels.append((float(params.w1), feats))
+    q = torch.softmax(logp, 1)
+    if kernels:
+        lattices, norms = [], []
+        for _, feats in kernels:
+            lattice = _TorchLattice(feats, group_t if len(images) > 1 else None)
+            norms.append(lattice.symmetric_norm())
+            lattices.append(lattice)
+        # Potts compatibility as densecrf applies it: an attraction w * k * Q to the same label
+        message = _LatticeFilter(lattices, norms, [w * nm for (w, _), nm in zip(kernels, norms)])
+        for _ in range(int(params.iterations)):
+            q = torch.softmax(message(q, add=logp), 1)
+    labels = q.argmax(1).to(torch.uint8).cpu().numpy()
+    out, start = [], 0
+    for image, size in zip(images, sizes):
+        out.append(labels[start : start + size].reshape(image.shape[:2]))
+        start += size
+    return out

@@ -1,0 +1,1 @@
+"""Dataset parsers, each reading its archive the way the reference code does."""

@@ -1,0 +1,1 @@
+"""Extra input/target encodings computed once at prepare time (HHA, surface normals)."""

@@ -1,0 +1,1 @@
+"""Where datasets come from: built-in generators, verified downloads, local copies."""

@@ -1,0 +1,1 @@
+"""Scoring trained models: segmentation, edges (BSDS, with NMS), normals, saved scores."""

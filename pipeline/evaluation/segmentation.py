@@ -1,0 +1,64 @@
+"""Evaluate a segmentation model on a prepared split: FCN metrics, confusion matrix, prediction
+grid.
+
+Returns the metrics; the stage writes them as DVC metrics and logs them to MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.data.loader import InputSpec
+from pipeline.evaluation.inference import Prediction, predict
+from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
+from pipeline.report import plots
+
+
+def evaluate(
+    model: torch.nn.Module,
+    table,
+    spec: InputSpec,
+    num_classes: int,
+    *,
+    precision: str = "fp32",
+    loss_kind: str = "softmax",
+    keep_examples: int = 8,
+    progress: bool = True,
+    scales: Sequence[float] = (1.0,),
+) -> tuple[dict, np.ndarray, list[Prediction]]:
+    """Scores over the whole table, the confusion matrix, and the first few predictions."""
+    hist = np.zeros((num_classes, num_classes), np.int64)
+    kept = []
+    preds = predict(model, table, spec, precision=precision, loss_kind=loss_kind, scales=scales)
+    for p in tqdm(preds, total=table.num_rows, desc="evaluate", disable=not progress):
+        hist += confusion_matrix(p.label, p.pred, num_classes)
+        if len(kept) < keep_examples:
+            kept.append(p)
+    return segmentation_scores(hist), hist, kept
+
+
+def write_outputs(scores: dict, hist: np.ndarray, kept: list, classes, out_dir: Path) -> dict:
+    """metrics JSON-ready dict + confusion plot + qualitative grid in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots.confusion(hist, tuple(classes), out_dir / "confusion.png")
+    plots.prediction_grid(
+        [(p.image, p.label, p.pred) for p in kept],
+        out_dir / "predictions.png",
+        ("input", "ground truth", "prediction"),
+    )
+    return {
+        "pixel_acc": scores["pixel_acc"],
+        "mean_acc": scores["mean_acc"],
+        "mean_iu": scores["mean_iu"],
+        "fw_iu": scores["fw_iu"],
+        "mean_iu_fg": scores["mean_iu_fg"],
+        "per_class_iu": {
+            name: iu for name, iu in zip(classes, scores["per_class_iu"]) if iu is not None
+        },
+    }

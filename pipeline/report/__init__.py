@@ -1,0 +1,1 @@
+"""Result tables beside the papers' numbers, and the figures."""

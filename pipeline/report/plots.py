@@ -1,0 +1,96 @@
+"""Figures people would rather look at than read: training curves, prediction grids, confusion.
+
+Every function writes one PNG atomically (matplotlib Agg backend, no display needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline.data.builtin.voc import voc_palette  # noqa: E402
+from pipeline.runtime.fsutil import atomic_path  # noqa: E402
+
+_PALETTE = np.asarray(voc_palette(), np.uint8).reshape(256, 3)
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """Class indices -> VOC colours (void 255 drawn in the VOC void colour)."""
+    return _PALETTE[np.asarray(label, np.uint8)]
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def prediction_grid(rows: list[tuple], path: Path, titles: tuple[str, ...]) -> None:
+    """One row per example: (image, truth, prediction[, more label maps]) side by side."""
+    n, m = len(rows), len(titles)
+    fig, axes = plt.subplots(n, m, figsize=(2.2 * m, 2.2 * n), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, panel in enumerate(row):
+            ax = axes[i, j]
+            ax.imshow(panel if panel.ndim == 3 else colorize(panel), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(titles[j], fontsize=9)
+    _save(fig, Path(path))
+
+
+def training_curves(history: list[dict], path: Path, title: str = "") -> None:
+    """Training loss per step and validation mean IU, or for normals the validation mean angle
+    (where recorded)."""
+    steps = [h["step"] for h in history if "loss" in h]
+    losses = [h["loss"] for h in history if "loss" in h]
+    key, name = "val_mean_iu", "val mean IU"
+    if not any(key in h for h in history) and any("val_mean" in h for h in history):
+        key, name = "val_mean", "val mean angle (deg)"
+    val = [(h["step"], h[key]) for h in history if key in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, lw=1, label="train loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "o-", color="C1", label=name)
+        ax2.set_ylabel(name)
+        ax2.set_ylim(0, 1 if key == "val_mean_iu" else 90)
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    ax.set_title(title)
+    _save(fig, Path(path))
+
+
+def confusion(hist: np.ndarray, classes: tuple[str, ...], path: Path) -> None:
+    """Row-normalised confusion matrix (truth rows, predicted columns), classes present only."""
+    present = np.flatnonzero(hist.sum(1) + hist.sum(0))
+    sub = hist[np.ix_(present, present)].astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.nan_to_num(sub / sub.sum(1, keepdims=True))
+    names = [classes[i] for i in present]
+    fig, ax = plt.subplots(figsize=(1 + 0.45 * len(names), 1 + 0.45 * len(names)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    for (i, j), v in np.ndenumerate(norm):
+        if v >= 0.01:
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if v > 0.5 else "black",
+            )
+    _save(fig, Path(path))

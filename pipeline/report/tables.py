@@ -1,0 +1,227 @@
+"""Result tables: our numbers beside the papers' (published numbers kept as data in
+``pipeline/report/reference/*.yaml``).
+
+Each reference table lists its columns and the paper's rows; each experiment in params.yaml says
+which table rows it reproduces (``tables: {table: row}``). The report joins the two, so adding an
+experiment or a table is a params/data edit, not code. Every table says which profile, dataset
+and width produced our column, so a tiny run on built-in data is never taken for a reproduction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from pipeline.models import build_model, describe
+
+REFERENCES = ("fcn", "deeplab", "pixelnet")
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    source: str  # metrics: metrics/<exp>.json | crf: metrics/<exp>-crf.json | describe: the model
+    scale: float = 100.0  # ours -> the paper's unit
+    digits: int = 1
+    field: str | None = None  # the key in our source, when it differs from the column's
+
+
+COLUMNS: dict[str, Column] = {
+    "pixel_acc": Column("pixel acc.", "metrics"),
+    "mean_acc": Column("mean acc.", "metrics"),
+    "mean_iu": Column("mean IU", "metrics"),
+    "fw_iu": Column("f.w. IU", "metrics"),
+    "mean_iu_fg": Column("mean IU (no bg)", "metrics"),
+    "before": Column("mean IU DCNN", "crf", digits=2),
+    "after": Column("mean IU DCNN+CRF", "crf", digits=2),
+    "conv_layers": Column("conv. layers", "describe", 1, 0),
+    # the papers count the net without its (fixed, bilinear) upsampling deconvolution
+    "parameters": Column("parameters (M)", "describe", 1e-6, 1, "parameters_excluding_upsampling"),
+    "rf_size": Column("rf size", "describe", 1, 0),
+    "max_stride": Column("max stride", "describe", 1, 0),
+    "ods": Column("ODS", "metrics", 1, 3),
+    "ois": Column("OIS", "metrics", 1, 3),
+    "ap": Column("AP", "metrics", 1, 3),
+    "mean": Column("mean angle", "metrics", 1, 1),
+    "median": Column("median angle", "metrics", 1, 1),
+    "rmse": Column("RMSE angle", "metrics", 1, 1),
+    "within_11_25": Column("% < 11.25", "metrics", 1, 1),
+    "within_22_5": Column("% < 22.5", "metrics", 1, 1),
+    "within_30": Column("% < 30", "metrics", 1, 1),
+}
+
+
+def reference(name: str) -> dict:
+    """Published numbers from ``pipeline/report/reference/<name>.yaml`` ({} if that file is
+    absent)."""
+    path = resources.files("pipeline.report.reference").joinpath(f"{name}.yaml")
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def all_tables() -> dict[str, dict]:
+    """Every reference table, by id, in file order (FCN, DeepLab, PixelNet)."""
+    tables: dict[str, dict] = {}
+    for name in REFERENCES:
+        tables.update(reference(name))
+    return tables
+
+
+def _fmt(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _describe(model: str) -> dict:
+    """Architecture facts of ``model`` at full width, from the module graph (no memory used)."""
+    import torch
+
+    with torch.device("meta"):
+        return describe(build_model(model, 21))
+
+
+class Ours:
+    """Our value of a column for an experiment, read from the stage outputs."""
+
+    def __init__(self, metrics_dir: Path, experiments: dict[str, dict], ran: set[str]):
+        self.metrics_dir, self.experiments, self.ran = Path(metrics_dir), experiments, ran
+        self._cache: dict[tuple[str, str], dict | None] = {}
+
+    def _load(self, exp: str, source: str) -> dict | None:
+        key = (exp, source)
+        if key not in self._cache:
+            if exp not in self.experiments:  # a baseline stage's metrics (reference `ours:`)
+                path = self.metrics_dir / f"{exp}.json"
+                self._cache[key] = json.loads(path.read_text()) if path.is_file() else None
+            elif source == "describe":
+                self._cache[key] = _describe(self.experiments[exp]["model"])
+            else:
+                suffix = "-crf" if source == "crf" else ""
+                path = self.metrics_dir / f"{exp}{suffix}.json"
+                ran = exp in self.ran and path.is_file()
+                self._cache[key] = json.loads(path.read_text()) if ran else None
+        return self._cache[key]
+
+    def value(self, exp: str, column: str) -> float | None:
+        col = COLUMNS[column]
+        data = self._load(exp, col.source)
+        if data is None:
+            return None
+        field = col.field or column
+        raw = data.get(field) if col.source != "crf" else data.get(field, {}).get("mean_iu")
+        return None if raw is None else raw * col.scale
+
+
+def table_markdown(table_id: str, table: dict, ours: Ours, provenance: str) -> str:
+    """One reference table: a row per paper row (and per extra row of ours), ours | paper."""
+    columns = table["columns"]
+    by_row: dict[str, list[str]] = {}
+    for exp, entry in ours.experiments.items():
+        row = (entry.get("tables") or {}).get(table_id)
+        if row is not None:
+            by_row.setdefault(row, []).append(exp)
+    for row, paper in table["rows"].items():
+        if (paper or {}).get("ours") and row not in by_row:
+            by_row[row] = [paper["ours"]]  # a baseline evaluated by its own stage (e.g. Canny)
+    rows = list(table["rows"]) + [r for r in by_row if r not in table["rows"]]
+    headers = [f"{COLUMNS[c].header} (ours)" for c in columns]
+    headers += [f"{COLUMNS[c].header} (paper)" for c in columns]
+    lines = [
+        f"### {table['title']}",
+        "",
+        f"Ours: {provenance}. Paper: {table['source']}.",
+        "",
+        "| paper row | our experiment | " + " | ".join(headers) + " |",
+        "|---|---|" + "---|" * len(headers),
+    ]
+    for row in rows:
+        paper = table["rows"].get(row, {}) or {}
+        name = paper.get("paper_name", row) + (f" {paper['note']}" if paper.get("note") else "")
+        for exp in by_row.get(row, [None]):
+            if exp is None:
+                label, cells = "not declared", ["n/a"] * len(columns)
+            else:
+                if exp in ours.experiments:
+                    label = f"`{exp}`" + ("" if exp in ours.ran else " (not in `run`)")
+                else:
+                    label = f"`{exp}` (baseline)"
+                cells = [_fmt(ours.value(exp, c), COLUMNS[c].digits) for c in columns]
+            cells += [_fmt(paper.get(c), COLUMNS[c].digits) for c in columns]
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def crf_parameters_line(ours: Ours, experiments: list[str]) -> str:
+    """The searched CRF parameters of each refined experiment (from its crf metrics)."""
+    parts = []
+    for exp in experiments:
+        data = ours._load(exp, "crf")
+        if data and data.get("crf_params"):
+            values = ", ".join(f"{k}={v:g}" for k, v in data["crf_params"].items())
+            parts.append(
+                f"`{exp}`: {values} (trimap: [figures/{exp}-crf/trimap.png]"
+                f"(figures/{exp}-crf/trimap.png))"
+            )
+    return (
+        ("CRF parameters searched on val (`crf_search` stage): " + "; ".join(parts))
+        if parts
+        else ""
+    )
+
+
+def upper_bound_markdown(result: dict, paper: dict) -> str:
+    """FCN 6.3: every resampling variant we computed, beside the paper's row."""
+    factors = list(paper["factors"])
+    lines = [
+        f"### {paper['title']}",
+        "",
+        f"Ours: {result['source']}, {next(iter(result['methods'].values()))['num_images']} "
+        f"images (stage `upper_bound`). Paper: {paper['source']}. Default variant: "
+        f"`{result['default_method']}`.",
+        "",
+        "| variant | " + " | ".join(f"factor {f}" for f in factors) + " |",
+        "|---|" + "---|" * len(factors),
+    ]
+    for method, scores in result["methods"].items():
+        cells = []
+        for f in factors:
+            s = scores["factors"].get(str(f)) or scores["factors"].get(f)
+            cells.append(_fmt(100 * s["mean_iu"] if s else None, 2))
+        mark = " (default)" if method == result["default_method"] else ""
+        lines.append(f"| {method}{mark} | " + " | ".join(cells) + " |")
+    lines.append("| paper | " + " | ".join(_fmt(paper["factors"][f], 1) for f in factors) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_report(
+    metrics_dir: Path, experiments: dict[str, dict], ran: list[str], crf: list[str], provenance: str
+) -> str:
+    """reports/results.md: every reference table that has at least one declared experiment."""
+    ours = Ours(metrics_dir, experiments, set(ran))
+    sections = [
+        "# Results",
+        "",
+        "Generated by `dvc repro` (stage `report`); numbers in percent.",
+        "",
+    ]
+    for table_id, table in all_tables().items():
+        if table_id == "fcn_upper_bound":
+            path = Path(metrics_dir) / "upper_bound.json"
+            if path.is_file():
+                sections.append(upper_bound_markdown(json.loads(path.read_text()), table))
+        elif any(table_id in (e.get("tables") or {}) for e in experiments.values()):
+            sections.append(table_markdown(table_id, table, ours, provenance))
+            if table_id == "deeplab_crf":
+                line = crf_parameters_line(ours, crf)
+                sections += [line, ""] if line else []
+    sections += [
+        "Rows marked (not in `run`) are declared in params.yaml `experiments.all`: set "
+        "`run: *all` to build them. Figures: `reports/figures/<experiment>/` (predictions, "
+        "confusion matrix), `reports/figures/<experiment>-crf/` (trimap, DCNN vs DCNN+CRF); "
+        "training curves: `models/<experiment>/curves.png`; every run is in MLflow "
+        "(`make mlflow-ui`).",
+        "",
+    ]
+    return "\n".join(sections)

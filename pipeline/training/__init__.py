@@ -1,0 +1,1 @@
+"""Training: the Ray Train loop, the tiny profile's pretraining, per-pixel losses."""
