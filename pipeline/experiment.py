@@ -11,10 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.data.loader import MASKS, InputSpec
-from pipeline.data.prepare import read_prepared_table
+from pipeline.data.prepare import prepared_rows, read_prepared_table
 from pipeline.errors import ParamsError
 from pipeline.models import build_model
-from pipeline.params import Params, choice, positive, positive_list, repo_root
+from pipeline.params import (
+    Params,
+    capped,
+    choice,
+    positive,
+    positive_list,
+    repo_root,
+    trial_limits,
+)
 from pipeline.training.loop import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam")
@@ -125,6 +133,13 @@ def train_config(params: Params, name: str, root: Path | None = None) -> TrainCo
     p = merged.get("loss_sample_p", 1.0)
     if not 0 < float(p) <= 1:
         raise ParamsError(f"{where}.loss_sample_p must be in (0, 1], got {p!r}")
+    limits = trial_limits(params)
+    merged["iterations"] = capped(int(merged["iterations"]), limits["iterations"])
+    merged["batch_size"] = capped(int(merged["batch_size"]), limits["batch_size"])
+    if limits["eval_images"]:
+        merged["max_val_images"] = capped(
+            int(merged.get("max_val_images") or limits["eval_images"]), limits["eval_images"]
+        )
     if entry["init"] == "backbone":
         init, reset = _backbone_init(params, entry["model"], root)
     else:
@@ -144,6 +159,40 @@ def train_config(params: Params, name: str, root: Path | None = None) -> TrainCo
         input={**params.section("input"), "mask": entry["mask"]["train"]},
         **merged,
     )
+
+
+def train_images(params: Params, name: str, root: Path | None = None) -> int:
+    """Training images experiment ``name`` will see: its prepared train split, capped by
+    ``limits.train_images``."""
+    rows = prepared_rows(prepared_dir(experiment(params, name)["dataset"], "train", root))
+    return capped(rows, trial_limits(params)["train_images"])
+
+
+def check_batch_fits(
+    params: Params, name: str, config: TrainConfig, num_workers: int, root: Path | None = None
+) -> int:
+    """A batch that can never form is a ParamsError before training starts, not an endless
+    loop of empty epochs (each worker drops its last incomplete batch). Returns the image count."""
+    images = train_images(params, name, root)
+    workers = max(1, num_workers)
+    entry = experiment(params, name)
+    key = (
+        f"experiments.{name}.train.batch_size"
+        if "batch_size" in entry["train"]
+        else "train.common.batch_size"
+    )
+    if config.batch_size % workers:
+        raise ParamsError(
+            f"{key} = {config.batch_size} is not divisible by ray.num_workers = {workers}"
+        )
+    if images // workers < config.batch_size // workers or images == 0:
+        raise ParamsError(
+            f"{key} = {config.batch_size} but the train split of {entry['dataset']!r} has "
+            f"{images} image(s)"
+            + (f" for {workers} workers" if workers > 1 else "")
+            + ": no batch can form; lower the batch size or use more data"
+        )
+    return images
 
 
 def input_spec(params: Params, mask: str = "none") -> InputSpec:
@@ -174,5 +223,8 @@ def prepared_dir(dataset: str, split: str, root: Path | None = None) -> Path:
 
 
 def prepared_split(params: Params, key: str, split: str, root: Path | None = None):
-    """A prepared split of experiment ``key``'s dataset as an in-memory Arrow table."""
-    return read_prepared_table(prepared_dir(experiment(params, key)["dataset"], split, root))
+    """A prepared split of experiment ``key``'s dataset as an in-memory Arrow table; any split
+    but ``train`` is capped at ``limits.eval_images`` (its first rows)."""
+    table = read_prepared_table(prepared_dir(experiment(params, key)["dataset"], split, root))
+    limit = trial_limits(params)["eval_images"] if split != "train" else None
+    return table.slice(0, capped(table.num_rows, limit))

@@ -109,3 +109,33 @@ def positive(key: str, value: Any, kind=float, allow_zero: bool = False) -> Any:
     if number < 0 or (number == 0 and not allow_zero):
         raise ParamsError(f"params key {key!r} must be > 0, got {value!r}")
     return number
+
+
+LIMIT_KEYS = ("iterations", "batch_size", "train_images", "eval_images")
+
+
+def trial_limits(params: Params) -> dict[str, int | None]:
+    """The ``limits`` section (a trial run's caps), validated: each a positive integer or null.
+
+    ``iterations`` caps every experiment's optimizer steps, ``batch_size`` its batch (DeepLab's
+    20 on a laptop), ``train_images`` its training split (the first N prepared rows),
+    ``eval_images`` every val split that is scored or predicted.
+    """
+    section = params.get("limits", None) or {}
+    if not isinstance(section, dict):
+        raise ParamsError(f"{params.source}: 'limits' must be a mapping, got {section!r}")
+    unknown = sorted(set(section) - set(LIMIT_KEYS))
+    if unknown:
+        raise ParamsError(f"limits: unknown key(s) {unknown}; known: {list(LIMIT_KEYS)}")
+    out: dict[str, int | None] = {}
+    for key in LIMIT_KEYS:
+        value = section.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ParamsError(f"limits.{key} must be a positive integer or null, got {value!r}")
+        out[key] = None if value is None else int(positive(f"limits.{key}", value, kind=int))
+    return out
+
+
+def capped(value: int, limit: int | None) -> int:
+    """``value``, or ``limit`` when one is set and smaller."""
+    return value if limit is None else min(value, limit)

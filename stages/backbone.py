@@ -14,11 +14,13 @@ from pipeline.data.loader import InputSpec
 from pipeline.data.prepare import read_prepared_table
 from pipeline.models.weights import imagenet_state_dict, read_state_dict
 from pipeline.params import choice, load_params, repo_root
+from pipeline.runtime.console import run_stage
 from pipeline.runtime.fsutil import atomic_path
 from pipeline.runtime.tracking import flatten, stage_run
 from pipeline.training.pretrain import PretrainConfig, pretrain_classifier
 
-if __name__ == "__main__":
+
+def main() -> None:
     params = load_params()
     root = repo_root()
     source = choice(
@@ -26,6 +28,8 @@ if __name__ == "__main__":
     )
     out = root / "models" / "backbone"
     history = []
+    if source == "file":  # a bad path or file is the user's to fix: say so before any work
+        state = read_state_dict(params.get("backbone.weights", None), "backbone.weights")
     with stage_run(params, "backbone", tags={"densepipe.kind": "pretrain"}):
         mlflow.log_params({"backbone.source": source})
         if source == "pretrain":
@@ -46,10 +50,12 @@ if __name__ == "__main__":
                 mlflow.log_metrics({"loss": h["loss"], "val_acc": h["val_acc"]}, step=h["epoch"])
         elif source == "imagenet":
             state = imagenet_state_dict("vgg16")
-        else:
-            state = read_state_dict(params.get("backbone.weights"))
         with atomic_path(out) as tmp:
             tmp.mkdir(parents=True)
             torch.save(state, tmp / "classifier.pt")
             (tmp / "history.json").write_text(json.dumps(history, indent=1))
     print(f"backbone ({source}) -> {out}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -14,11 +14,13 @@ from pipeline.crf.params import backend_from_params, load_best
 from pipeline.evaluation.scores import SCORES_FILE
 from pipeline.experiment import crf_best_path
 from pipeline.params import load_params, positive, repo_root
+from pipeline.runtime.console import run_stage
 from pipeline.runtime.fsutil import write_text_atomic
 from pipeline.runtime.raycluster import init_ray
 from pipeline.runtime.tracking import stage_run
 
-if __name__ == "__main__":
+
+def main() -> None:
     key = sys.argv[1]
     params = load_params()
     root = repo_root()
@@ -50,3 +52,7 @@ if __name__ == "__main__":
         f"{key}: mean IU {metrics['before']['mean_iu']:.4f} -> "
         f"{metrics['after']['mean_iu']:.4f} after CRF ({best})"
     )
+
+
+if __name__ == "__main__":
+    run_stage(main)

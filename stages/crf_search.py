@@ -14,10 +14,12 @@ from pipeline.crf.search import coarse_to_fine_search
 from pipeline.evaluation.scores import read_scores, search_examples
 from pipeline.experiment import crf_best_path
 from pipeline.params import load_params, positive, repo_root
+from pipeline.runtime.console import run_stage
 from pipeline.runtime.raycluster import init_ray
 from pipeline.runtime.tracking import flatten, stage_run, tracking_uri
 
-if __name__ == "__main__":
+
+def main() -> None:
     key = sys.argv[1]
     params = load_params()
     root = repo_root()
@@ -51,3 +53,7 @@ if __name__ == "__main__":
             num_trials=len(trials),
         )
     print(f"{key}: best of {len(trials)} trials on {table.num_rows} images: {best} ({score:.4f})")
+
+
+if __name__ == "__main__":
+    run_stage(main)

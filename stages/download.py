@@ -17,8 +17,10 @@ from pipeline.data.sources.acquire import (
     raw_dir,
 )
 from pipeline.params import load_params
+from pipeline.runtime.console import run_stage
 
-if __name__ == "__main__":
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", help=f"dataset: one of {', '.join(dataset_names())}")
     parser.add_argument("--params", help="params file (default: params.yaml at the repo root)")
@@ -29,3 +31,7 @@ if __name__ == "__main__":
     root = acquire(config, raw_dir(args.name))
     counts = check_splits(config, root)
     print(f"{args.name} ({config.source}) ready at {root}: {counts}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

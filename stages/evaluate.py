@@ -16,6 +16,7 @@ from pipeline.data.builtin.voc import VOC_CLASSES
 from pipeline.evaluation import edges, normals, segmentation
 from pipeline.experiment import experiment, input_spec, load_trained, prepared_split
 from pipeline.params import load_params, repo_root
+from pipeline.runtime.console import announce_limits, run_stage
 from pipeline.runtime.fsutil import write_text_atomic
 from pipeline.runtime.raycluster import init_ray
 from pipeline.runtime.tracking import stage_run
@@ -65,11 +66,12 @@ def evaluate_normals(model, config, table, spec, params, figures, scales) -> dic
     return normals.write_outputs(scores, kept, figures)
 
 
-if __name__ == "__main__":
+def main() -> None:
     key = sys.argv[1]
     params = load_params()
     root = repo_root()
     entry = experiment(params, key)
+    limits = announce_limits(params)
     model, config = load_trained(params, key)
     table = prepared_split(params, key, "val")
     spec = input_spec(params, mask=entry["mask"]["test"])
@@ -88,6 +90,8 @@ if __name__ == "__main__":
         mask=entry["mask"],
         test_scales=entry["test_scales"],
     )
+    if limits:  # a trial run's metrics say so (the report prints them as such)
+        metrics["limits"] = limits
     write_text_atomic(root / "metrics" / f"{key}.json", json.dumps(metrics, indent=1) + "\n")
     with stage_run(params, f"evaluate {key}", tags={"densepipe.kind": "evaluate", "model": key}):
         mlflow.log_params({"model": config.model, "val_images": table.num_rows})
@@ -99,3 +103,7 @@ if __name__ == "__main__":
         "normals": ("mean", "median", "within_11_25", "within_30"),
     }.get(entry["task"], ("mean_iu", "pixel_acc"))
     print(f"{key}: " + ", ".join(f"{m} {metrics[m]:.4f}" for m in main))
+
+
+if __name__ == "__main__":
+    run_stage(main)

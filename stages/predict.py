@@ -8,13 +8,20 @@ import sys
 from pipeline.evaluation.scores import predict_scores
 from pipeline.experiment import input_spec, load_trained, prepared_split
 from pipeline.params import load_params, repo_root
+from pipeline.runtime.console import announce_limits, run_stage
 
-if __name__ == "__main__":
+
+def main() -> None:
     key = sys.argv[1]
     params = load_params()
     root = repo_root()
+    announce_limits(params)
     model, config = load_trained(params, key)
     table = prepared_split(params, key, "val")
     out = root / "data" / "scores" / key
     n = predict_scores(model, table, input_spec(params), out, precision=config.precision)
     print(f"{key}: {n} score maps -> {out}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

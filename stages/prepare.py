@@ -5,9 +5,11 @@ import argparse
 
 from pipeline.data.sources.acquire import data_config, dataset_names, prepare_dataset, raw_dir
 from pipeline.params import load_params, repo_root
+from pipeline.runtime.console import run_stage
 from pipeline.runtime.raycluster import init_ray
 
-if __name__ == "__main__":
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", help=f"dataset: one of {', '.join(dataset_names())}")
     parser.add_argument("--params", help="params file (default: params.yaml at the repo root)")
@@ -16,3 +18,7 @@ if __name__ == "__main__":
     config = data_config(params, args.name)  # every params error before Ray starts
     init_ray(params)
     prepare_dataset(config, raw_dir(args.name), repo_root() / "data" / "prepared" / args.name)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -3,9 +3,11 @@
 from pipeline.experiment import declared_experiments, experiment, run_names
 from pipeline.params import load_params, repo_root
 from pipeline.report.tables import build_report
+from pipeline.runtime.console import announce_limits, limits_banner, run_stage
 from pipeline.runtime.fsutil import write_text_atomic
 
-if __name__ == "__main__":
+
+def main() -> None:
     params = load_params()
     root = repo_root()
     declared = {name: experiment(params, name) for name in declared_experiments(params)}
@@ -19,8 +21,15 @@ if __name__ == "__main__":
             "; built-in synthetic data: our numbers show the pipeline works, they are not "
             "comparable with the paper's"
         )
+    limits = announce_limits(params)
+    if limits:
+        provenance = f"**{limits_banner(limits)}**; " + provenance
     text = build_report(
         root / "metrics", declared, run_names(params), params.get("run.crf", []), provenance
     )
     write_text_atomic(root / "reports" / "results.md", text)
     print(text)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -9,14 +9,16 @@ import argparse
 import mlflow
 
 from pipeline.data.prepare import read_prepared
-from pipeline.experiment import experiment, prepared_dir, train_config
+from pipeline.experiment import check_batch_fits, experiment, prepared_dir, train_config
 from pipeline.params import load_params, repo_root
 from pipeline.report import plots
+from pipeline.runtime.console import announce_limits, run_stage
 from pipeline.runtime.raycluster import init_ray
 from pipeline.runtime.tracking import flatten, stage_run, tracking_uri
 from pipeline.training.loop import train
 
-if __name__ == "__main__":
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("experiment", help="an experiment declared in params.yaml")
     key = parser.parse_args().experiment
@@ -24,6 +26,8 @@ if __name__ == "__main__":
     config = train_config(params, key)  # validates params before any expensive work
     entry = experiment(params, key)
     ray_params = params.section("ray")
+    images = check_batch_fits(params, key, config, ray_params.get("num_workers", 0))
+    limits = announce_limits(params)
     init_ray(params)
     with stage_run(params, f"train {key}", tags={"densepipe.kind": "train", "model": key}) as run:
         mlflow.log_params(flatten({**params.section("train.common"), **entry["train"]}))
@@ -32,12 +36,12 @@ if __name__ == "__main__":
         )
         mlflow.log_params({**flatten(config.model_options), "mask": entry["mask"]["train"]})
         config.mlflow_uri, config.mlflow_run_id = tracking_uri(params), run.info.run_id
+        train_ds = read_prepared(prepared_dir(entry["dataset"], "train"))
+        if limits.get("train_images"):
+            train_ds = train_ds.limit(images)  # the first N rows, in shard order
         history = train(
             config,
-            {
-                split: read_prepared(prepared_dir(entry["dataset"], split))
-                for split in ("train", "val")
-            },
+            {"train": train_ds, "val": read_prepared(prepared_dir(entry["dataset"], "val"))},
             num_workers=ray_params.get("num_workers", 0),
             cpus_per_worker=ray_params.get("cpus_per_worker", 1),
             use_gpu=ray_params.get("use_gpu", False),
@@ -50,3 +54,7 @@ if __name__ == "__main__":
     losses = [h["loss"] for h in history if "loss" in h]
     final = f"final loss {losses[-1]:.4f}" if losses else "no training steps (init = model)"
     print(f"{key}: {len(losses)} steps, {final}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

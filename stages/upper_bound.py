@@ -16,9 +16,11 @@ from pipeline.data.datasets.sbd import SEG11VALID
 from pipeline.data.sources.acquire import dataset_root
 from pipeline.errors import ParamsError
 from pipeline.params import load_params, repo_root
+from pipeline.runtime.console import run_stage
 from pipeline.runtime.fsutil import write_text_atomic
 
-if __name__ == "__main__":
+
+def main() -> None:
     params = load_params()
     root = repo_root()
     spec = params.section("upper_bound")
@@ -40,3 +42,7 @@ if __name__ == "__main__":
     for method, result in results.items():
         ious = " ".join(f"{100 * s['mean_iu']:.2f}" for s in result["factors"].values())
         print(f"{method:16s} {ious}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

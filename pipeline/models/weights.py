@@ -289,18 +289,25 @@ def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
         ) from exc
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path | None, key: str = "model.pretrained"
+) -> dict[str, torch.Tensor]:
     """A state dict from a file: plain, or wrapped as ``{"state_dict"|"model": ...}``; DDP prefix
-    ``module.`` removed."""
+    ``module.`` removed. Errors name ``key``, the params key the path came from."""
+    if not isinstance(path, str | Path) or not str(path):
+        raise ParamsError(f"{key} must be the path of a state-dict file, got {path!r}")
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"model.pretrained: no such weights file {path}")
-    obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        raise ParamsError(f"{key}: no such weights file {path}")
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise ParamsError(f"{key}: cannot read {path} as a torch state dict: {exc}") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ParamsError(f"model.pretrained: {path} does not hold a state dict of tensors")
+        raise ParamsError(f"{key}: {path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.data.loader import Augment, InputSpec, batch_to_tensors
+from pipeline.errors import ParamsError
 from pipeline.metrics.normals import NormalErrorAccumulator
 from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
 from pipeline.models import build_model, param_groups
@@ -215,6 +216,7 @@ def train_loop(cfg: dict) -> None:
     step, micro, epoch, history, t0 = 0, 0, 0, [], time.time()
     running = []
     while step < config.iterations:
+        batches = 0
         for batch in shard.iter_batches(
             batch_size=local_batch,
             batch_format="numpy",
@@ -222,6 +224,7 @@ def train_loop(cfg: dict) -> None:
             local_shuffle_seed=config.seed + epoch * 1000 + rank,
             drop_last=True,
         ):
+            batches += 1
             x, y = batch_to_tensors(batch, spec, augment, rng, task=config.task)
             x, y = x.to(device), y.to(device)
             if config.channels_last:
@@ -247,12 +250,19 @@ def train_loop(cfg: dict) -> None:
             running = []
             if rank == 0:
                 history.append({"step": step, "loss": step_loss, "time": time.time() - t0})
-                if step % config.log_every == 0 or step == 1:
+                if step % config.log_every == 0 or step == 1 or step == config.iterations:
                     mlflow.log({"train_loss": step_loss}, step)
+                    lr = optimizer.param_groups[0]["lr"]
+                    print(_progress_line(config, step, step_loss, lr, time.time() - t0), flush=True)
                 if config.val_every and step % config.val_every == 0 and val_rows:
                     _validate(net, val_rows, spec, config, device, autocast, history, mlflow, step)
             if step >= config.iterations:
                 break
+        if batches == 0:  # stages check this first (experiment.check_batch_fits); never spin
+            raise ParamsError(
+                f"batch_size {config.batch_size}: epoch {epoch} of {Path(config.out_dir).name} "
+                f"gave worker {rank} no complete batch (too few training images)"
+            )
         epoch += 1
         if rank == 0 and not config.val_every and val_rows:
             _validate(net, val_rows, spec, config, device, autocast, history, mlflow, step)
@@ -260,6 +270,17 @@ def train_loop(cfg: dict) -> None:
 
     if rank == 0:
         _save_final(net, config, history)
+
+
+def _progress_line(config: TrainConfig, step: int, loss: float, lr: float, elapsed: float) -> str:
+    """``fcn32s step 40/180 loss 1.2345 lr 1e-03 12.3 img/s ETA 0:01:05``: the console's view."""
+    images = step * config.accumulate * config.batch_size
+    eta = round(elapsed / step * (config.iterations - step))
+    return (
+        f"{Path(config.out_dir).name} step {step}/{config.iterations} loss {loss:.4f} "
+        f"lr {lr:.3g} {images / max(elapsed, 1e-9):.1f} img/s "
+        f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+    )
 
 
 def _optional_shard(name: str):

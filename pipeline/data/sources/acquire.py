@@ -296,7 +296,7 @@ def build_list(params: Params) -> list[str]:
     """``run.datasets``: the datasets ``dvc repro`` builds (download@ / prepare@ stages).
 
     Each must have a valid ``data.<name>`` section, and the list must hold every dataset the
-    active set's experiments (``run.train``) and the backbone stage (``backbone.dataset``)
+    active set's experiments (``run.train``) and a pretraining backbone (``backbone.dataset``)
     read, so a set that forgets one fails here, naming it, rather than deep inside DVC.
     """
     key = "run.datasets"
@@ -315,7 +315,7 @@ def build_list(params: Params) -> list[str]:
         for exp, entry in (params.get("run.train", {}) or {}).items()
         if isinstance(entry, dict) and entry.get("dataset")
     }
-    if params.get("backbone.dataset", None):
+    if params.get("backbone.source", None) == "pretrain" and params.get("backbone.dataset", None):
         needed.setdefault(str(params.get("backbone.dataset")), "backbone.dataset")
     missing = {name: user for name, user in needed.items() if name not in names}
     if missing:
