@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # one id per `make repro`, so MLflow groups that invocation's runs under one parent
 RUN_GROUP := repro-$(shell date -u +%Y%m%dT%H%M%S)
 
-.PHONY: repro test lint format install bench mlflow-ui clean
+.PHONY: repro test smoke-paper lint format install bench mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ repro: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -ra --durations=15
+
+# profile: paper at full width on the real-data slices in ../shared/data, with trial limits
+# (tests/test_paper_smoke.py; skips with a reason when the fixtures are absent)
+smoke-paper: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m paper_smoke tests/test_paper_smoke.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline stages tests benchmarks

@@ -43,6 +43,7 @@ def main() -> None:
             base=base,
             backend=backend,
             radius=int(search.get("radius", 2)),
+            progress=True,
         )
         score = max(t["mean_iu"] for t in trials if t["mean_iu"] == t["mean_iu"])
         save_best(

@@ -12,11 +12,9 @@ def main() -> None:
     root = repo_root()
     declared = {name: experiment(params, name) for name in declared_experiments(params)}
     datasets = sorted({declared[n]["dataset"] for n in run_names(params)})
-    sources = ", ".join(f"{d} from `{params.get(f'data.{d}.source', '?')}`" for d in datasets)
-    provenance = (
-        f"profile `{params.profile}`, datasets {sources}, model width {params.get('model.width')}"
-    )
-    if "builtin" in sources:
+    sources = {d: params.get(f"data.{d}.source", "?") for d in datasets}
+    provenance = f"profile `{params.profile}`, model width {params.get('model.width')}"
+    if "builtin" in sources.values():
         provenance += (
             "; built-in synthetic data: our numbers show the pipeline works, they are not "
             "comparable with the paper's"
@@ -25,7 +23,12 @@ def main() -> None:
     if limits:
         provenance = f"**{limits_banner(limits)}**; " + provenance
     text = build_report(
-        root / "metrics", declared, run_names(params), params.get("run.crf", []), provenance
+        root / "metrics",
+        declared,
+        run_names(params),
+        params.get("run.crf", []),
+        provenance,
+        sources,
     )
     write_text_atomic(root / "reports" / "results.md", text)
     print(text)

@@ -216,7 +216,10 @@ def test_local_relative_path_and_other_layouts(shared_data, tmp_path):
     )
     root = acquire(config, tmp_path / "raw" / "voc_aug", progress=False)
     assert (root / "SegmentationClassAug").is_dir()
-    assert check_splits(config, root) == {"train": 10582, "val": 1449}
+    # the slice lists all 10,582 + 1,449 ids but holds 4 JPEGs: the count and the first few
+    # missing files, up front (not "ready: train 10582" and a failure deep inside prepare)
+    with pytest.raises(DataError, match=r"train_aug': 10579 of 10582 listed example\(s\)"):
+        check_splits(config, root)
     sbd = {"source": "local", "local_path": str(shared_data / "SBD")}  # two levels above
     config = data_config(_params(sbd=sbd), "sbd")
     root = acquire(config, tmp_path / "raw" / "sbd", progress=False)
@@ -234,7 +237,7 @@ def test_local_without_the_layout_is_a_data_error(tmp_path):
 
 def test_url_source_fetches_and_links_every_manifest_entry(tmp_path, monkeypatch):
     """url: each sources.yaml entry is fetched into data/raw/downloads and linked in place."""
-    from pipeline.data import download
+    from pipeline.data.sources import download
 
     fetched = []
 
@@ -317,8 +320,8 @@ def test_voc_aug_url_builds_segmentation_class_aug(tmp_path, monkeypatch):
     """url for voc_aug: VOC2012 and SBD downloads, then train_aug + SegmentationClassAug."""
     import scipy.io
 
-    from pipeline.data import download
     from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
+    from pipeline.data.sources import download
 
     downloads = tmp_path / "data" / "raw" / "downloads"
     voc = write_builtin_voc(downloads / "voc2012", BuiltinSpec(num_train=3, num_val=2, size=24))
@@ -418,8 +421,8 @@ def test_voc_fcn_url_downloads_voc_sbd_and_the_seg11valid_list(tmp_path, monkeyp
     from loopback import LoopbackServer
     from test_download import Built, build_sbd, build_voc2012, loopback_source, publish
 
-    from pipeline.data import download
     from pipeline.data.datasets.sbd import load_sbd_label
+    from pipeline.data.sources import download
 
     www = tmp_path / "www"
     voc_ids, sbd_train = ["2012_000003", "2012_000007"], "2008_000002"  # the builders' ids

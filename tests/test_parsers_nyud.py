@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from pipeline.data import nyud as nyud_module
+from pipeline.data.datasets import nyud as nyud_module
 from pipeline.data.datasets.base import VOID, decode_image, decode_label
 from pipeline.data.datasets.nyud import GUPTA_CROP, NYUD, NYUD_CLASSES, class_lut, metres_to_mm
 from pipeline.errors import DataError
@@ -130,27 +130,21 @@ def test_hha_column_uses_mm_depth_and_cropped_camera(nyud_root, monkeypatch) -> 
     root, frames, _ = nyud_root
     calls = {}
 
-    class Camera:
-        def crop(self, top: int, left: int):
-            calls["crop"] = (top, left)
-            return "cropped-camera"
-
-    def depth_to_hha(depth_m, raw_depth_m, camera=None):
-        calls.update(depth=depth_m, raw=raw_depth_m, camera=camera)
+    def depth_to_hha(depth_m, raw_depth_m, camera=None, mask_missing=False):
+        calls.update(depth=depth_m, raw=raw_depth_m, camera=camera, mask_missing=mask_missing)
         return np.zeros(depth_m.shape + (3,), np.uint8)
 
-    fake = types.SimpleNamespace(depth_to_hha=depth_to_hha, NYU_CAMERA=Camera())
-    monkeypatch.setattr(nyud_module, "_hha_module", lambda: fake)
-    record = NYUD().load_example(root, "5001")  # hha=None: on because the module imports
+    fake = types.SimpleNamespace(depth_to_hha=depth_to_hha, hha_to_png=nyud_module.encode_png)
+    monkeypatch.setattr(nyud_module, "hha", fake)
+    record = NYUD().load_example(root, "5001")  # hha on by default
     assert _png_array(record["hha"]).shape == (425, 560, 3)
-    assert calls["crop"] == (45, 40) and calls["camera"] == "cropped-camera"
+    assert calls["camera"] == nyud_module.NYU_CAMERA.crop(45, 40)  # Gupta's crop, shifted
+    assert calls["mask_missing"] is False
     expected = np.round(frames["depth"][0][GUPTA_CROP] * 1000) / 1000
     np.testing.assert_allclose(calls["depth"], expected)
     assert "hha" not in NYUD(hha=False).load_example(root, "5001")
-    monkeypatch.setattr(nyud_module, "_hha_module", lambda: None)
-    assert "hha" not in NYUD().load_example(root, "5001")
-    with pytest.raises(DataError, match="hha"):
-        NYUD(hha=True).load_example(root, "5001")
+    NYUD(hha_mask_missing=True).load_example(root, "5001")
+    assert calls["mask_missing"] is True
 
 
 def test_metres_to_mm() -> None:

@@ -63,3 +63,31 @@ def test_upper_bound_section_lists_every_variant_and_the_paper():
     text = upper_bound_markdown(result, all_tables()["fcn_upper_bound"])
     assert "| majority (default) | 50.00 |" in text and "| nearest-center | 50.00 |" in text
     assert "| paper | 50.9 | 73.3 | 86.1 | 92.8 | 96.4 | 98.5 |" in text
+
+
+def test_a_row_on_another_dataset_is_marked_and_each_table_names_its_data(tmp_path):
+    experiments = {
+        "pixelnet-seg": {
+            "model": "pixelnet",
+            "dataset": "voc_aug",
+            "tables": {"pixelnet_table1": "baseline"},
+        },
+        "pixelnet-edges": {
+            "model": "pixelnet",
+            "dataset": "bsds",
+            "tables": {"pixelnet_table7": "conv5-50-ms"},
+        },
+    }
+    for name in experiments:
+        (tmp_path / f"{name}.json").write_text(
+            json.dumps({"mean_acc": 0.5, "mean_iu": 0.25, "ods": 0.6, "ois": 0.6, "ap": 0.5})
+        )
+    sources = {"voc_aug": "builtin", "bsds": "local"}
+    text = build_report(tmp_path, experiments, list(experiments), [], "profile `paper`", sources)
+    table1 = text[text.index("PixelNet Table 1") : text.index("PixelNet Table 7")]
+    assert "Ours: profile `paper`; data: voc_aug (`builtin`). Paper:" in table1
+    row = next(line for line in table1.splitlines() if "`pixelnet-seg`" in line)
+    assert "(on `voc_aug`, the paper's is `context59`: not comparable)" in row
+    table7 = text[text.index("PixelNet Table 7") :]
+    assert "data: bsds (`local`)" in table7 and "voc_aug" not in table7
+    assert "not comparable" not in next(l for l in table7.splitlines() if "pixelnet-edges" in l)

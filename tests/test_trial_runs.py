@@ -15,7 +15,7 @@ import torch
 import yaml
 from tests_helpers import REPO
 
-from pipeline.data.sources.acquire import build_list
+from pipeline.data.sources.acquire import build_list, check_splits, data_config
 from pipeline.errors import DataError, ParamsError
 from pipeline.experiment import check_batch_fits, prepared_split, train_config
 from pipeline.models.weights import read_state_dict
@@ -161,3 +161,29 @@ def test_an_expected_error_is_one_line_and_a_nonzero_exit(tmp_path, debug):
     lines = result.stderr.strip().splitlines()
     assert lines[0] == "error (backbone): backbone.weights: no such weights file /nowhere.pt"
     assert len(lines) == 2 and "DENSEPIPE_DEBUG=1" in lines[1]
+
+
+def test_download_checks_every_listed_file_up_front(tmp_path):
+    """A local copy with 2 of 5 JPEGs: the download stage's split check names the count and the
+    first missing files (before, `prepare` failed inside Ray on the first one)."""
+    voc = tmp_path / "VOC2012"
+    ids = [f"2011_00000{i}" for i in range(5)]
+    for folder in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True)
+    (voc / "ImageSets/Segmentation/train_aug.txt").write_text("\n".join(ids) + "\n")
+    (voc / "ImageSets/Segmentation/val.txt").write_text(ids[0] + "\n")
+    for i in ids:
+        (voc / "SegmentationClassAug" / f"{i}.png").write_bytes(b"")
+    for i in ids[:2]:
+        (voc / "JPEGImages" / f"{i}.jpg").write_bytes(b"")
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["data"]["voc_aug"].update(source="local", local_path=str(voc))
+    config = data_config(Params(data), "voc_aug")
+    with pytest.raises(DataError) as err:
+        check_splits(config, voc)
+    message = str(err.value)
+    assert "voc_aug split 'train_aug': 3 of 5 listed example(s) have missing files" in message
+    assert str(voc / "JPEGImages" / f"{ids[2]}.jpg") in message
+    for i in ids[2:]:
+        (voc / "JPEGImages" / f"{i}.jpg").write_bytes(b"")
+    assert check_splits(config, voc) == {"train": 5, "val": 1}

@@ -12,13 +12,14 @@ import itertools
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import mlflow
 import numpy as np
 import ray
 from mlflow.entities import Metric, Param, RunTag
+from tqdm import tqdm
 
 from pipeline.crf.dense import refine
 from pipeline.crf.params import CRFParams
@@ -40,6 +41,7 @@ COARSE_GRID: dict[str, list[float]] = {
 }
 
 
+@dataclass(frozen=True)
 class Example:
     """One search example, compact in the object store: RGB image, encoded probs, label."""
 
@@ -216,6 +218,7 @@ def _run_trials(
     logger: _TrialLogger | None,
     first_index: int = 0,
     round_name: str | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """All trials as Ray tasks (trial x chunk of examples), gathered as they finish."""
     if not ray.is_initialized():
@@ -232,6 +235,8 @@ def _run_trials(
     remaining = dict.fromkeys(range(len(trials_params)), len(chunks))
     records: list[dict[str, Any]] = [{} for _ in trials_params]
     refs = list(pending)
+    desc = f"CRF search ({round_name})" if round_name else "CRF search"
+    bar = tqdm(total=len(trials_params), desc=desc, unit="trial", disable=not progress)
     while refs:
         done, refs = ray.wait(refs, num_returns=1)
         t = pending.pop(done[0])
@@ -253,6 +258,8 @@ def _run_trials(
         if logger is not None:
             record["run_id"] = logger.log_trial(record)
         records[t] = record
+        bar.update(1)
+    bar.close()
     return records
 
 
@@ -284,6 +291,7 @@ def search(
     base: CRFParams | None = None,
     backend: str = "pydensecrf",
     run_name: str = "crf-search",
+    progress: bool = False,
 ) -> tuple[CRFParams, list[dict[str, Any]]]:
     """Evaluate every grid point on the examples as parallel Ray tasks; return (best, trials).
 
@@ -301,7 +309,7 @@ def search(
         raise ParamsError("crf.search.grid is empty")
     exs = _prepare(examples, num_classes)
     logger = _TrialLogger.maybe(mlflow_parent_run_id, tracking_uri, run_name)
-    records = _run_trials(exs, trials_params, backend, logger)
+    records = _run_trials(exs, trials_params, backend, logger, progress=progress)
     best = _best(records)
     if logger is not None:
         logger.finish(trials_params[best["trial"]], best["mean_iu"], len(records))
@@ -320,6 +328,7 @@ def coarse_to_fine_search(
     backend: str = "pydensecrf",
     radius: int = 2,
     run_name: str = "crf-search",
+    progress: bool = False,
 ) -> tuple[CRFParams, list[dict[str, Any]]]:
     """Paper §5: the coarse grid, then ``fine_grid`` around its best; (best, trials of both).
 
@@ -330,14 +339,14 @@ def coarse_to_fine_search(
     coarse_params = expand_grid(coarse or COARSE_GRID, base)
     if not coarse_params:
         raise ParamsError("crf.search.grid is empty")
-    records = _run_trials(exs, coarse_params, backend, logger, 0, "coarse")
+    records = _run_trials(exs, coarse_params, backend, logger, 0, "coarse", progress)
     centre = coarse_params[_best(records)["trial"]]
     seen = {p for p in coarse_params}
     fine_params = [
         p for p in expand_grid(fine_grid(centre, fine_steps, radius), centre) if p not in seen
     ]
     if fine_params:
-        records += _run_trials(exs, fine_params, backend, logger, len(records), "fine")
+        records += _run_trials(exs, fine_params, backend, logger, len(records), "fine", progress)
     all_params = coarse_params + fine_params
     best = _best(records)
     if logger is not None:

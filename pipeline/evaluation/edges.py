@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.data.datasets.base import decode_image, decode_label
 from pipeline.data.datasets.bsds import unstack
@@ -156,7 +157,9 @@ def evaluate_edge_maps(
         pred_dir.mkdir()
         gt_dir.mkdir()
         t0 = time.perf_counter()
-        for image_id, edge_map in maps:
+        total = len(wanted) if wanted is not None else table.num_rows
+        bar = tqdm(maps, total=total, desc=f"{name} maps", unit="img", disable=not progress)
+        for image_id, edge_map in bar:
             image_id = str(image_id)
             if wanted is not None and image_id not in wanted:
                 continue

@@ -114,8 +114,37 @@ class Ours:
         return None if raw is None else raw * col.scale
 
 
-def table_markdown(table_id: str, table: dict, ours: Ours, provenance: str) -> str:
-    """One reference table: a row per paper row (and per extra row of ours), ours | paper."""
+def _dataset_note(table: dict, entry: dict) -> str:
+    """A plain mark when our experiment ran on another dataset than the paper's table."""
+    wanted, ours = table.get("datasets"), entry.get("dataset")
+    if not wanted or not ours or ours in wanted:
+        return ""
+    return f" **(on `{ours}`, the paper's is `{'`/`'.join(wanted)}`: not comparable)**"
+
+
+def _data_used(by_row: dict[str, list[str]], ours: Ours, sources: dict[str, str]) -> str:
+    """The datasets this table's experiments (those that ran) read, with where each came from."""
+    used = sorted(
+        {
+            ours.experiments[e]["dataset"]
+            for exps in by_row.values()
+            for e in exps
+            if e in ours.experiments and e in ours.ran and ours.experiments[e].get("dataset")
+        }
+    )
+    if not used:
+        return ""
+    return "; data: " + ", ".join(f"{d} (`{sources[d]}`)" if d in sources else d for d in used)
+
+
+def table_markdown(
+    table_id: str, table: dict, ours: Ours, provenance: str, sources: dict[str, str] | None = None
+) -> str:
+    """One reference table: a row per paper row (and per extra row of ours), ours | paper.
+
+    The provenance line names the datasets this table's experiments read (``sources``: dataset
+    -> builtin / url / local); a row whose experiment read another dataset than the paper's
+    (``datasets`` of the reference table) says so in bold."""
     columns = table["columns"]
     by_row: dict[str, list[str]] = {}
     for exp, entry in ours.experiments.items():
@@ -131,7 +160,7 @@ def table_markdown(table_id: str, table: dict, ours: Ours, provenance: str) -> s
     lines = [
         f"### {table['title']}",
         "",
-        f"Ours: {provenance}. Paper: {table['source']}.",
+        f"Ours: {provenance}{_data_used(by_row, ours, sources or {})}. Paper: {table['source']}.",
         "",
         "| paper row | our experiment | " + " | ".join(headers) + " |",
         "|---|---|" + "---|" * len(headers),
@@ -145,6 +174,7 @@ def table_markdown(table_id: str, table: dict, ours: Ours, provenance: str) -> s
             else:
                 if exp in ours.experiments:
                     label = f"`{exp}`" + ("" if exp in ours.ran else " (not in `run`)")
+                    label += _dataset_note(table, ours.experiments[exp])
                 else:
                     label = f"`{exp}` (baseline)"
                 cells = [_fmt(ours.value(exp, c), COLUMNS[c].digits) for c in columns]
@@ -196,7 +226,12 @@ def upper_bound_markdown(result: dict, paper: dict) -> str:
 
 
 def build_report(
-    metrics_dir: Path, experiments: dict[str, dict], ran: list[str], crf: list[str], provenance: str
+    metrics_dir: Path,
+    experiments: dict[str, dict],
+    ran: list[str],
+    crf: list[str],
+    provenance: str,
+    sources: dict[str, str] | None = None,
 ) -> str:
     """reports/results.md: every reference table that has at least one declared experiment."""
     ours = Ours(metrics_dir, experiments, set(ran))
@@ -212,7 +247,7 @@ def build_report(
             if path.is_file():
                 sections.append(upper_bound_markdown(json.loads(path.read_text()), table))
         elif any(table_id in (e.get("tables") or {}) for e in experiments.values()):
-            sections.append(table_markdown(table_id, table, ours, provenance))
+            sections.append(table_markdown(table_id, table, ours, provenance, sources))
             if table_id == "deeplab_crf":
                 line = crf_parameters_line(ours, crf)
                 sections += [line, ""] if line else []

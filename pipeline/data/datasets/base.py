@@ -137,6 +137,25 @@ def require_example_files(example_id: str, *paths: Path) -> None:
             raise DataError(f"missing file for id {example_id!r}: {path}")
 
 
+def check_example_files(dataset: Any, root: Path, split: str, ids: list[str]) -> None:
+    """Every listed example's files exist (the parser's ``example_files``), checked up front:
+    one DataError with the count and the first few missing, before any decoding or Ray work."""
+    files = getattr(dataset, "example_files", None)
+    if files is None:
+        return
+    missing: dict[str, list[Path]] = {}
+    for example_id in ids:
+        absent = [p for p in files(root, example_id) if not p.is_file()]
+        if absent:
+            missing[example_id] = absent
+    if missing:
+        first = "; ".join(f"{i}: {', '.join(map(str, ps))}" for i, ps in list(missing.items())[:3])
+        raise DataError(
+            f"{dataset.name} split {split!r}: {len(missing)} of {len(ids)} listed example(s) "
+            f"have missing files (first: {first}); the split list and the files must match"
+        )
+
+
 def read_example_file(path: Path, example_id: str) -> bytes:
     """The bytes of one example's file; a missing file names the id and the path."""
     require_example_files(example_id, path)

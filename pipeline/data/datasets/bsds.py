@@ -136,10 +136,14 @@ class BSDS:
                 return split, path
         raise DataError(f"missing file for id {example_id!r}: {data}/images/*/{example_id}.jpg")
 
-    def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
+    def example_files(self, root: Path, example_id: str) -> list[Path]:
+        """The image and its ground truth (checked up front by the download stage)."""
         data = bsds_data_dir(root)
         split, image_path = self._locate(data, example_id)
-        gt_path = data / "groundTruth" / split / f"{example_id}.mat"
+        return [image_path, data / "groundTruth" / split / f"{example_id}.mat"]
+
+    def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
+        image_path, gt_path = self.example_files(root, example_id)
         image_bytes = image_path.read_bytes()
         image = decode_image(image_bytes, str(image_path))
         boundaries, segmentations = load_ground_truth(gt_path)

@@ -109,10 +109,13 @@ class SBD:
             raise DataError(f"unknown SBD split {split!r} (one of {SBD_SPLITS}) for {base}")
         return read_id_list(base / f"{split}.txt")
 
-    def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
+    def example_files(self, root: Path, example_id: str) -> list[Path]:
+        """The image and ``cls`` label of one example (checked up front by the download stage)."""
         base = sbd_dataset_dir(root)
-        image_path = base / "img" / f"{example_id}.jpg"
-        label_path = base / "cls" / f"{example_id}.mat"
+        return [base / "img" / f"{example_id}.jpg", base / "cls" / f"{example_id}.mat"]
+
+    def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
+        image_path, label_path = self.example_files(root, example_id)
         require_example_files(example_id, image_path, label_path)
         image_bytes = image_path.read_bytes()
         image = decode_image(image_bytes, str(image_path))
@@ -150,13 +153,17 @@ class VOCAug:
             return build_train_aug_from(self.sbd_root, voc)
         return read_id_list(path)
 
-    def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
+    def example_files(self, root: Path, example_id: str) -> list[Path]:
+        """The image and label files of one example (checked up front by the download stage)."""
         voc = voc_dir(root)
-        return png_label_example(
-            example_id,
+        return [
             voc / "JPEGImages" / f"{example_id}.jpg",
             voc / self.label_dir / f"{example_id}.png",
-            self.num_classes,
+        ]
+
+    def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
+        return png_label_example(
+            example_id, *self.example_files(root, example_id), self.num_classes
         )
 
 
@@ -287,16 +294,23 @@ class VOCFCN:
             )
         return ids
 
+    def example_files(self, root: Path, example_id: str) -> list[Path]:
+        """SBD's image + ``cls`` label for a train id, VOC's JPEG + PNG for a seg11valid id."""
+        sbd = self.sbd_dir(root)
+        if example_id in _id_set(sbd / "train.txt"):
+            return SBD().example_files(sbd, example_id)
+        voc = voc_dir(root)
+        return [
+            voc / "JPEGImages" / f"{example_id}.jpg",
+            voc / "SegmentationClass" / f"{example_id}.png",
+        ]
+
     def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
         sbd = self.sbd_dir(root)
         if example_id in _id_set(sbd / "train.txt"):
             return SBD().load_example(sbd, example_id)
-        voc = voc_dir(root)
         return png_label_example(
-            example_id,
-            voc / "JPEGImages" / f"{example_id}.jpg",
-            voc / "SegmentationClass" / f"{example_id}.png",
-            self.num_classes,
+            example_id, *self.example_files(root, example_id), self.num_classes
         )
 
 

@@ -23,11 +23,15 @@ class VOC:
     def list_ids(self, root: Path, split: str) -> list[str]:
         return read_split_file(Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt")
 
-    def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
+    def example_files(self, root: Path, example_id: str) -> list[Path]:
+        """The image and label files of one example (checked up front by the download stage)."""
         root = Path(root)
-        return png_label_example(
-            example_id,
+        return [
             root / "JPEGImages" / f"{example_id}.jpg",
             root / self.label_dir / f"{example_id}.png",
-            self.num_classes,
+        ]
+
+    def load_example(self, root: Path, example_id: str) -> dict[str, Any]:
+        return png_label_example(
+            example_id, *self.example_files(root, example_id), self.num_classes
         )

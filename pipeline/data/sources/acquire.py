@@ -35,12 +35,12 @@ from typing import Any
 from pipeline.data.builtin.bsds import BSDSBuiltinSpec, write_builtin_bsds
 from pipeline.data.builtin.nyud import NYUDBuiltinSpec, write_builtin_nyud
 from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
-from pipeline.data.datasets.base import decode_label, read_split_file
+from pipeline.data.datasets.base import check_example_files, decode_label, read_split_file
 from pipeline.data.datasets.nyud import FULL_SIZE
 from pipeline.data.datasets.registry import get_dataset
 from pipeline.data.datasets.sbd import build_train_aug_from, write_segmentation_class_aug
 from pipeline.data.prepare import prepare_split
-from pipeline.data.sources.download import dataset_dir, fetch
+from pipeline.data.sources import download
 from pipeline.errors import DataError, ParamsError
 from pipeline.params import Params, choice, repo_root
 from pipeline.runtime.fsutil import atomic_path
@@ -393,8 +393,8 @@ def acquire(config: DataConfig, raw: Path, progress: bool = True) -> Path:
     else:
         downloads = raw.parent / "downloads"
         for rel, entry in layout.fetch.items():
-            fetch(entry, downloads, progress=progress)
-            _link(raw / rel, dataset_dir(entry, downloads))
+            download.fetch(entry, downloads, progress=progress)
+            _link(raw / rel, download.dataset_dir(entry, downloads))
         if layout.finish is not None:
             layout.finish(raw)
     root = dataset_root(config.name, raw)
@@ -404,9 +404,15 @@ def acquire(config: DataConfig, raw: Path, progress: bool = True) -> Path:
 
 
 def check_splits(config: DataConfig, root: Path) -> dict[str, int]:
-    """List every configured split (a missing list or folder is a DataError naming it)."""
+    """List every configured split and check every listed example's files exist (a missing list,
+    folder or file is a DataError with the count and the first few), before prepare runs."""
     dataset = config.dataset()
-    return {p: len(dataset.list_ids(root, s)) for p, s in config.splits.items()}
+    counts = {}
+    for prepared, split in config.splits.items():
+        ids = dataset.list_ids(root, split)
+        check_example_files(dataset, root, split, ids)
+        counts[prepared] = len(ids)
+    return counts
 
 
 def prepare_dataset(
