@@ -27,7 +27,7 @@ from pipeline.training.loop import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16")
-LR_POLICIES = ("fixed", "step", "poly")
+LR_POLICIES = ("fixed", "step", "multistep", "poly")
 TASKS = ("segmentation", "edges", "normals")
 EXPERIMENT_KEYS = (
     "model", "dataset", "init", "task", "train", "model_options", "mask", "test_scales", "tables",
@@ -106,7 +106,13 @@ def _backbone_init(params: Params, model: str, root: Path | None) -> tuple[str |
     with torch.device("meta"):
         arch = getattr(build_model(model, 2, width=0.125), "arch", "vgg16")
     if arch != "vgg16":
-        return ("imagenet" if params.get("backbone.source") == "imagenet" else None), False
+        source = params.get("backbone.source")
+        if source == "file":  # a VGG16 state dict: never silently train FCN-AlexNet from scratch
+            raise ParamsError(
+                f"backbone.source 'file' holds VGG16 weights; {model!r} (FCN Table 1) needs "
+                f"ImageNet {arch} weights: set backbone.source: imagenet, or leave it out of run"
+            )
+        return ("imagenet" if source == "imagenet" else None), False
     return init_path("backbone", root), params.get("backbone.transfer") == "features"
 
 
@@ -130,6 +136,18 @@ def train_config(params: Params, name: str, root: Path | None = None) -> TrainCo
     for k in ("lr", "batch_size", "accumulate"):
         positive(f"{where}.{k}", merged.get(k), kind=float)
     positive(f"{where}.iterations", merged.get("iterations"), kind=int, allow_zero=True)
+    if merged.get("lr_policy") == "multistep":
+        steps = merged.get("lr_milestones")
+        if (
+            not isinstance(steps, list)
+            or not steps
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps)
+            or steps != sorted(set(steps))
+        ):
+            raise ParamsError(
+                f"{where}.lr_milestones must be increasing positive step numbers for lr_policy "
+                f"multistep, got {steps!r}"
+            )
     p = merged.get("loss_sample_p", 1.0)
     if not 0 < float(p) <= 1:
         raise ParamsError(f"{where}.loss_sample_p must be in (0, 1], got {p!r}")

@@ -71,6 +71,8 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         return cfg.lr
     if cfg.lr_policy == "step":
         return cfg.lr * cfg.lr_gamma ** (step // cfg.lr_step)
+    if cfg.lr_policy == "multistep":
+        return cfg.lr * cfg.lr_gamma ** sum(step >= m for m in cfg.lr_milestones)
     if cfg.lr_policy == "poly":
         return cfg.lr * (1 - min(step, cfg.iterations) / cfg.iterations) ** cfg.lr_power
     raise ValueError(f"unknown lr_policy {cfg.lr_policy!r}")
@@ -499,51 +501,14 @@ _MULTISCALE = "experiments.all.train.pixelnet-seg-conv7-multiscale"
 
 #: rows where params.yaml disagrees with the paper: (experiment, setting) -> xfail reason
 WRONG: dict[tuple[str, str], str] = {
-    **{
-        (name, "momentum"): (
-            f"params.yaml says 0.99 (train.common.momentum; experiments.all.train.{name} sets "
-            "no train), paper FCN PAMI §4.1 says the Table 1 nets use momentum 0.9"
-        )
-        for name in ("fcn32s-alexnet", "fcn32s-googlenet")
-    },
-    **{
-        (name, "images_per_step"): (
-            "params.yaml says batch_size 1 x accumulate 1 (train.common, inherited by "
-            f"experiments.all.train.{name}), paper FCN PAMI §4.1/§4.2 says the Table 1 nets "
-            "accumulate gradients over 20 images"
-        )
-        for name in ("fcn32s-alexnet", "fcn32s-googlenet")
-    },
     ("pixelnet-seg", "entry:dataset"): (
         "params.yaml says voc_aug (experiments.default.train.pixelnet-seg.dataset, whose comment "
         "claims context59 under profile paper), paper PixelNet §4.1 / Tables 1-3 say "
         "PASCAL-Context 59 (data.context)"
     ),
-    ("pixelnet-seg", "lr_final"): (
-        f"params.yaml says a fixed lr 1e-3 to the end (no lr_policy in {_PIXELNET_TRAIN}), "
-        "paper PixelNet §4 Default training says x0.1 twice, every 8 epochs after 80, to 1e-5"
-    ),
     ("pixelnet-seg-conv7-multiscale", "entry:dataset"): (
         f"params.yaml says voc_aug ({_MULTISCALE}.dataset), paper PixelNet §4.1 / Table 3 says "
         "PASCAL-Context 59"
-    ),
-    ("pixelnet-seg-conv7-multiscale", "lr_final"): (
-        f"params.yaml says a fixed lr 1e-3 ({_MULTISCALE}.train: no lr_policy), paper PixelNet "
-        "§4.1 Analysis-4 says step size 8 epochs over 24 epochs (1e-5 at the end)"
-    ),
-    ("pixelnet-seg-conv7-multiscale", "images_seen"): (
-        f"params.yaml says 100000 iterations x 5 = 500,000 images ({_MULTISCALE}.train."
-        "iterations via &pixelnet_train), paper PixelNet §4.1 Analysis-4 says 24 epochs "
-        "(~120,000 PASCAL-Context images, ~24,000 iterations of 5)"
-    ),
-    ("pixelnet-edges", "images_seen"): (
-        f"params.yaml says 100000 iterations x 5 = 500,000 images ({_PIXELNET_EDGES}."
-        "iterations), paper PixelNet §4.3 says 25 epochs of 9,600 images = 240,000 "
-        "(48,000 iterations of 5)"
-    ),
-    ("pixelnet-edges", "lr_final"): (
-        f"params.yaml says a fixed lr 1e-3 to the end (no lr_policy in {_PIXELNET_EDGES}), "
-        "paper PixelNet §4.3 says x0.1 at epochs 15 and 20 (1e-5 at the end)"
     ),
 }
 
@@ -581,7 +546,8 @@ def test_every_deeplab_variant_is_audited():
 
 
 @pytest.mark.parametrize(
-    ("name", "policy"), [("deeplab-largefov", "step"), ("deeplab-largefov", "poly")]
+    ("name", "policy"),
+    [("deeplab-largefov", "step"), ("deeplab-largefov", "poly"), ("pixelnet-edges", "multistep")],
 )
 def test_lr_at_matches_the_training_scheduler(name: str, policy: str):
     """``lr_at`` (used by ``lr_final``) is what training's ``make_scheduler`` does."""
@@ -590,6 +556,7 @@ def test_lr_at_matches_the_training_scheduler(name: str, policy: str):
     optimizer = torch.optim.SGD([param], lr=cfg.lr, momentum=cfg.momentum)
     scheduler = make_scheduler(optimizer, cfg)
     checkpoints = {0, 1, cfg.lr_step - 1, cfg.lr_step, 2 * cfg.lr_step, cfg.iterations - 1}
+    checkpoints |= {m + d for m in cfg.lr_milestones for d in (-1, 0, 1)}
     for step in range(cfg.iterations):
         if step in checkpoints:
             lr = optimizer.param_groups[0]["lr"]

@@ -11,22 +11,17 @@ Asserts every stage ran and every metric file exists; ``make test`` leaves it ou
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-import yaml
-from tests_helpers import REPO
+from tests_helpers import scratch_project
 
 pytestmark = pytest.mark.paper_smoke
 
 RUN = ("fcn32s", "deeplab-largefov", "pixelnet-edges")
-COPY = ["pipeline", "stages", "params.yaml", "dvc.yaml", ".dvcignore", "pyproject.toml"]
 VOC_TRAIN = ["2011_000003", "2011_000006", "2011_000025"]  # in train_aug, JPEGs in the slice
 VOC_VAL = ["2007_000129"]  # VOC2012 val and FCN's seg11valid, with a SegmentationClass PNG
 
@@ -90,31 +85,13 @@ def paper_trial(params: dict, voc: Path, bsds: Path, weights: Path) -> dict:
 @pytest.fixture(scope="module")
 def smoke(shared_data, tmp_path_factory):
     scratch = tmp_path_factory.mktemp("paper-smoke")
-    root = scratch / "repo"
-    root.mkdir()
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, root / name)
-    (root / ".dvc").mkdir()
-    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
     torch.manual_seed(0)  # a stand-in for ImageNet VGG16 (no download here): same shapes
     weights = scratch / "vgg16.pt"
     torch.save(torchvision.models.vgg16().state_dict(), weights)
     voc, bsds = scratch_voc(shared_data, scratch / "data"), scratch_bsds(shared_data, scratch)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    (root / "params.yaml").write_text(
-        yaml.safe_dump(paper_trial(params, voc, bsds, weights), sort_keys=False)
+    root, env = scratch_project(
+        scratch / "repo", lambda p: paper_trial(p, voc, bsds, weights), "paper-smoke"
     )
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update(DENSEPIPE_RUN_GROUP="paper-smoke", RAY_ADDRESS="")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True)
-    git_user = ["-c", "user.email=t@t", "-c", "user.name=t"]
-    subprocess.run(["git", *git_user, "commit", "-qm", "init"], cwd=root, env=env, check=True)
     result = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
     log = result.stdout + result.stderr
     (scratch / "repro.log").write_text(log)

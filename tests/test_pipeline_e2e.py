@@ -6,15 +6,11 @@ with metrics and artifacts, grouped under one parent.
 """
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from tests_helpers import REPO
+from tests_helpers import scratch_project
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +23,6 @@ MICRO_RUN = (
     "deeplab-largefov",
     "pixelnet-edges",
 )
-COPY = ["pipeline", "stages", "params.yaml", "dvc.yaml", ".dvcignore", "pyproject.toml"]
 
 
 def micro(params: dict) -> dict:
@@ -70,25 +65,7 @@ def run(cmd, cwd, env):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e") / "repo"
-    root.mkdir()
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, root / name)
-    (root / ".dvc").mkdir()
-    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
-    params = micro(yaml.safe_load((root / "params.yaml").read_text()))
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env["DENSEPIPE_RUN_GROUP"] = "e2e-test"
-    env["RAY_ADDRESS"] = ""  # each stage starts its own local runtime
-    run(["git", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root, env)
+    root, env = scratch_project(tmp_path_factory.mktemp("e2e") / "repo", micro, "e2e-test")
     run(["dvc", "repro"], root, env)
     return root, env
 

@@ -187,3 +187,22 @@ def test_download_checks_every_listed_file_up_front(tmp_path):
     for i in ids[2:]:
         (voc / "JPEGImages" / f"{i}.jpg").write_bytes(b"")
     assert check_splits(config, voc) == {"train": 5, "val": 1}
+
+
+def test_fcn_alexnet_never_trains_from_scratch_on_a_vgg16_file():
+    backbone = yaml.safe_load((REPO / "params.yaml").read_text())["backbone"]
+    params = repo_params("paper", backbone={**backbone, "source": "file", "weights": "v.pt"})
+    with pytest.raises(ParamsError, match="needs ImageNet alexnet weights"):
+        train_config(params, "fcn32s-alexnet")
+    assert train_config(params, "fcn32s").init.endswith("models/backbone/classifier.pt")
+    assert train_config(repo_params("paper"), "fcn32s-alexnet").init == "imagenet"
+
+
+def test_multistep_milestones_are_validated():
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["profile"] = "paper"
+    entry = data["experiments"]["default"]["train"]["pixelnet-seg"]
+    assert train_config(Params(data), "pixelnet-seg").lr_milestones == [80000, 88000]
+    entry["train"] = {**entry["train"], "lr_milestones": [88000, 80000]}
+    with pytest.raises(ParamsError, match=r"pixelnet-seg.train.lr_milestones must be increasing"):
+        train_config(Params(data), "pixelnet-seg")

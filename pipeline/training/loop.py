@@ -46,8 +46,11 @@ class TrainConfig:
     reset_head: bool = False  # re-initialise fc6/fc7 after loading a classifier (see backbone)
     optimizer: str = "sgd"  # sgd | adam
     lr: float = 1e-10
-    lr_policy: str = "fixed"  # fixed | step (x lr_gamma every lr_step) | poly ((1 - t/T)^lr_power)
+    # fixed | step (x lr_gamma every lr_step) | multistep (x lr_gamma at each of lr_milestones)
+    # | poly ((1 - t/T)^lr_power)
+    lr_policy: str = "fixed"
     lr_step: int = 2000  # optimizer steps between decays (step)
+    lr_milestones: list = field(default_factory=list)  # optimizer steps of the decays (multistep)
     lr_gamma: float = 0.1
     lr_power: float = 0.9
     momentum: float = 0.99
@@ -138,11 +141,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
         return None
     if config.lr_policy == "step":
         return lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    if config.lr_policy == "multistep":
+        return lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(config.lr_milestones), gamma=config.lr_gamma
+        )
     if config.lr_policy == "poly":
         return lr_scheduler.PolynomialLR(
             optimizer, total_iters=config.iterations, power=config.lr_power
         )
-    raise ValueError(f"unknown lr_policy {config.lr_policy!r} (fixed | step | poly)")
+    raise ValueError(f"unknown lr_policy {config.lr_policy!r} (fixed | step | multistep | poly)")
 
 
 def evaluate_model(
