@@ -44,7 +44,15 @@ def scratch_voc(shared: Path, out: Path) -> Path:
     (lists / "train_aug.txt").write_text("\n".join(VOC_TRAIN) + "\n")
     for name in ("val.txt", "seg11valid.txt"):
         (lists / name).write_text("\n".join(VOC_VAL) + "\n")
-    link(shared / "SBD", out / "SBD")  # SBD train (2 images) beside VOC: voc_fcn's train split
+    # SBD beside VOC: its 2 images as voc_fcn's train split (the slice lists them as val)
+    sbd, sbd_src = out / "SBD" / "benchmark_RELEASE" / "dataset", shared / "SBD"
+    ids = sorted(p.stem for p in (sbd_src / "benchmark_RELEASE/dataset/img").glob("*.jpg"))
+    for i in ids:
+        for folder, ext in (("img", "jpg"), ("cls", "mat")):
+            src = sbd_src / "benchmark_RELEASE" / "dataset" / folder / f"{i}.{ext}"
+            link(src, sbd / folder / f"{i}.{ext}")
+    (sbd / "train.txt").write_text("\n".join(ids) + "\n")
+    (sbd / "val.txt").write_text("")
     return voc
 
 
