@@ -8,6 +8,9 @@ submit`` sweeps all resolve an experiment through this module.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 from pipeline.data.loader import MASKS, InputSpec
@@ -211,6 +214,24 @@ def check_batch_fits(
             + ": no batch can form; lower the batch size or use more data"
         )
     return images
+
+
+def run_name(params: Params, name: str, config: TrainConfig, root: Path | None = None) -> str:
+    """``train-<name>-<hash>``: the Ray Train run (and checkpoints) of exactly this config on
+    exactly these inputs. A killed driver's rerun finds its checkpoints under this name; any
+    change of the resolved config, the prepared data or the initial weights gives a new name,
+    so a stale checkpoint is never resumed. Files enter by name, size and modification time
+    (a rewritten file gives a new name: the safe direction)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("mlflow_uri", "mlflow_run_id")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    dataset = experiment(params, name)["dataset"]
+    files = [p for s in ("train", "val") for p in sorted(prepared_dir(dataset, s, root).glob("*"))]
+    if config.init and Path(config.init).is_file():
+        files.append(Path(config.init))
+    for path in files:
+        info = path.stat()
+        digest.update(f"{path.name}:{info.st_size}:{info.st_mtime_ns}".encode())
+    return f"train-{name}-{digest.hexdigest()[:12]}"
 
 
 def input_spec(params: Params, mask: str = "none") -> InputSpec:

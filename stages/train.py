@@ -9,7 +9,13 @@ import argparse
 import mlflow
 
 from pipeline.data.prepare import read_prepared
-from pipeline.experiment import check_batch_fits, experiment, prepared_dir, train_config
+from pipeline.experiment import (
+    check_batch_fits,
+    experiment,
+    prepared_dir,
+    run_name,
+    train_config,
+)
 from pipeline.params import load_params, repo_root
 from pipeline.report import plots
 from pipeline.runtime.console import announce_limits, run_stage
@@ -46,7 +52,9 @@ def main() -> None:
             cpus_per_worker=ray_params.get("cpus_per_worker", 1),
             use_gpu=ray_params.get("use_gpu", False),
             storage_path=str(repo_root() / "ray_results"),
-            name=f"train-{key}",
+            name=run_name(params, key, config),
+            checkpoint_every=int(ray_params.get("checkpoint_every", 0) or 0),
+            max_failures=int(ray_params.get("max_failures", 0) or 0),
         )
         plots.training_curves(history, repo_root() / config.out_dir / "curves.png", title=key)
         mlflow.log_artifact(str(repo_root() / config.out_dir / "curves.png"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -178,10 +179,20 @@ def evaluate_model(
 
 
 def train_loop(cfg: dict) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker.
+
+    ``cfg`` is a TrainConfig as a dict plus ``checkpoint_every`` (an execution setting: optimizer
+    steps between checkpoints, 0 = epoch ends only). A restarted worker group (a lost worker or
+    node, ``ray.max_failures``) or a rerun of a killed driver resumes from the last checkpoint:
+    weights, optimizer, scheduler, counters, history and every random state, then skips the
+    batches of the current epoch it had already consumed, so it ends where an uninterrupted run
+    ends.
+    """
     import ray.train
     import ray.train.torch
 
+    cfg = dict(cfg)
+    checkpoint_every = int(cfg.pop("checkpoint_every", 0) or 0)
     config = TrainConfig(**cfg)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -221,7 +232,23 @@ def train_loop(cfg: dict) -> None:
     mlflow = _MlflowLogger(config) if rank == 0 else None
 
     step, micro, epoch, history, t0 = 0, 0, 0, [], time.time()
-    running = []
+    running, skip = [], 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        step, micro, epoch, skip = state["step"], state["micro"], state["epoch"], state["batches"]
+        history, t0 = state["history"], time.time() - state["elapsed"]
+        rng.bit_generator.state = state["rng"][rank]
+        generator.set_state(state["generator"][rank])
+        torch.set_rng_state(state["torch_rng"][rank])
+        history.append({"step": step, "resumed": True})  # in history.json: it happened
+        if rank == 0:
+            print(f"{Path(config.out_dir).name}: resumed at step {step}, epoch {epoch}", flush=True)
     while step < config.iterations:
         batches = 0
         for batch in shard.iter_batches(
@@ -232,6 +259,8 @@ def train_loop(cfg: dict) -> None:
             drop_last=True,
         ):
             batches += 1
+            if batches <= skip:  # consumed before the checkpoint this run resumed from
+                continue
             x, y = batch_to_tensors(batch, spec, augment, rng, task=config.task)
             x, y = x.to(device), y.to(device)
             if config.channels_last:
@@ -265,15 +294,21 @@ def train_loop(cfg: dict) -> None:
                     _validate(net, val_rows, spec, config, device, autocast, history, mlflow, step)
             if step >= config.iterations:
                 break
+            if checkpoint_every and step % checkpoint_every == 0:
+                state = _state(net, optimizer, scheduler, step, micro, epoch, batches, history, t0)
+                _report(rank, world, state, (rng, generator))
         if batches == 0:  # stages check this first (experiment.check_batch_fits); never spin
             raise ParamsError(
                 f"batch_size {config.batch_size}: epoch {epoch} of {Path(config.out_dir).name} "
                 f"gave worker {rank} no complete batch (too few training images)"
             )
-        epoch += 1
+        epoch, skip = epoch + 1, 0
         if rank == 0 and not config.val_every and val_rows:
             _validate(net, val_rows, spec, config, device, autocast, history, mlflow, step)
-        _report(net, rank, step, epoch, history)
+        state = _state(net, optimizer, scheduler, step, micro, epoch, 0, history, t0)
+        # mid-accumulation (an epoch ended between optimizer steps) the summed gradients are not
+        # in the state: report without a checkpoint, the last one stays the resume point
+        _report(rank, world, state, (rng, generator), checkpoint=micro % config.accumulate == 0)
 
     if rank == 0:
         _save_final(net, config, history)
@@ -335,17 +370,57 @@ def _validate(net, rows, spec, config, device, autocast, history, mlflow, step) 
     mlflow.log(metrics, step)
 
 
-def _report(net, rank: int, step: int, epoch: int, history: list) -> None:
-    """Per-epoch report to Ray Train, with a checkpoint from rank 0 (Ray persists it)."""
+STATE_FILE = "state.pt"
+
+
+def _state(net, optimizer, scheduler, step, micro, epoch, batches, history, t0) -> dict:
+    """Everything a resumed run needs but the per-worker random states (``_report`` adds them):
+    ``batches`` of epoch ``epoch`` are consumed (0 at an epoch end)."""
+    return {
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "step": step,
+        "micro": micro,
+        "epoch": epoch,
+        "batches": batches,
+        "history": list(history),
+        "elapsed": time.time() - t0,
+    }
+
+
+def _report(rank: int, world: int, state: dict, generators: tuple, checkpoint: bool = True) -> None:
+    """Report to Ray Train with a checkpoint written by rank 0 (Ray persists it), holding the
+    random states of every rank (gathered: each worker draws its own augmentation and samples).
+    """
     import ray.train
 
-    losses = [h["loss"] for h in history if "loss" in h]
-    metrics = {"step": step, "epoch": epoch, "loss": losses[-1] if losses else float("nan")}
-    if rank != 0:
+    rng, generator = generators
+    mine = (rng.bit_generator.state, generator.get_state(), torch.get_rng_state())
+    every = [mine]
+    if world > 1:
+        import torch.distributed as dist
+
+        every = [None] * world
+        dist.all_gather_object(every, mine)
+    losses = [h["loss"] for h in state["history"] if "loss" in h]
+    metrics = {
+        "step": state["step"],
+        "epoch": state["epoch"],
+        "loss": losses[-1] if losses else float("nan"),
+    }
+    if rank != 0 or not checkpoint:
         ray.train.report(metrics)
         return
+    state = {
+        **state,
+        "rng": [e[0] for e in every],
+        "generator": [e[1] for e in every],
+        "torch_rng": [e[2] for e in every],
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(net.state_dict(), Path(tmp) / "model.pt")
+        torch.save(state["model"], Path(tmp) / "model.pt")
+        torch.save(state, Path(tmp) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -392,9 +467,20 @@ def train(
     use_gpu: bool = False,
     storage_path: str | None = None,
     name: str = "train",
+    checkpoint_every: int = 0,
+    max_failures: int = 0,
+    loop=train_loop,
 ) -> list[dict]:
-    """Run ``train_loop`` under a TorchTrainer and return the training history."""
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    """Run ``train_loop`` under a TorchTrainer and return the training history.
+
+    ``checkpoint_every`` optimizer steps (and every epoch end) the full training state is
+    checkpointed under ``storage_path/name``; ``max_failures`` worker-group restarts are allowed
+    (each resumes from that checkpoint). Give ``name`` a hash of the config and data
+    (``experiment.run_name``): a rerun of the same name resumes a killed driver's run, so a
+    changed config must never share it. A run that finishes removes its checkpoints. ``loop``
+    is the per-worker function (``train_loop``; tests wrap it to kill a worker).
+    """
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     scaling = ScalingConfig(
@@ -408,17 +494,20 @@ def train(
     # 89.4): some run-to-run variation is left (not yet traced).
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True
+    storage = storage_path or tempfile.mkdtemp(prefix="densepipe-ray-")
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=asdict(config),
+        loop,
+        train_loop_config={**asdict(config), "checkpoint_every": checkpoint_every},
         scaling_config=scaling,
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_path or tempfile.mkdtemp(prefix="densepipe-ray-"),
+            storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
     trainer.fit()
+    shutil.rmtree(Path(storage) / name, ignore_errors=True)  # done: nothing left to resume
     return json.loads((Path(config.out_dir) / "history.json").read_text())
