@@ -1,7 +1,7 @@
 """What a stage prints: one clear line for an expected error, a loud banner for a trial run.
 
 Expected errors (``DensepipeError``: a bad params key, a missing or corrupt file, a failed
-download) are the user's to fix, so a stage prints ``error: <message>`` and exits 2; the
+download) are the user's to fix, so a stage prints ``error (<stage>): <message>`` and exits 2; the
 traceback is for bugs, and for anyone who sets ``DENSEPIPE_DEBUG=1``. Errors raised inside Ray
 tasks or Ray Train workers arrive wrapped; the original is found and printed the same way.
 """
