@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
+from pipeline.data.datasets.voc import VOC
+from pipeline.data.prepare import prepare_split
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,3 +47,13 @@ def ray_local():
             configure_logging=False,
         )
     yield ray
+
+
+@pytest.fixture(scope="module")
+def prepared_voc8(ray_local, tmp_path_factory):
+    """8 built-in VOC training images (40 px), prepared to Parquet: the short training runs'
+    data (DDP equivalence, resume after a killed worker)."""
+    root = tmp_path_factory.mktemp("voc8")
+    voc = write_builtin_voc(root / "raw", BuiltinSpec(num_train=8, num_val=2, size=40), False)
+    prepare_split(VOC(), voc, "train", root / "train")
+    return root

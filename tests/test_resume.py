@@ -18,20 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
-from pipeline.data.datasets.voc import VOC
-from pipeline.data.prepare import prepare_split, read_prepared
+from pipeline.data.prepare import read_prepared
 from pipeline.training.loop import TrainConfig, train, train_loop
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prepared(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    voc = write_builtin_voc(root / "raw", BuiltinSpec(num_train=8, num_val=2, size=40), False)
-    prepare_split(VOC(), voc, "train", root / "train")
-    return root
 
 
 def killed_once(storage: Path, marker: Path):
@@ -73,8 +63,8 @@ def config(out: Path) -> TrainConfig:
     )
 
 
-def test_a_killed_worker_resumes_and_ends_with_the_uninterrupted_weights(prepared, tmp_path):
-    data = {"train": read_prepared(prepared / "train")}
+def test_a_killed_worker_resumes_and_ends_with_the_uninterrupted_weights(prepared_voc8, tmp_path):
+    data = {"train": read_prepared(prepared_voc8 / "train")}
     common = {"num_workers": 1, "cpus_per_worker": 0.5, "checkpoint_every": 6}
     train(config(tmp_path / "whole"), data, storage_path=str(tmp_path / "r1"), name="w", **common)
     storage, marker = tmp_path / "r2", tmp_path / "killed"

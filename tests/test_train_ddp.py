@@ -8,24 +8,14 @@ import json
 
 import pytest
 
-from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
-from pipeline.data.datasets.voc import VOC
-from pipeline.data.prepare import prepare_split, read_prepared
+from pipeline.data.prepare import read_prepared
 from pipeline.training.loop import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def prepared(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    voc = write_builtin_voc(root / "raw", BuiltinSpec(num_train=8, num_val=2, size=40), False)
-    prepare_split(VOC(), voc, "train", root / "train")
-    return root
-
-
 @pytest.mark.parametrize("reduction", ["image", "pixel"])
-def test_two_workers_match_one(prepared, tmp_path, reduction):
+def test_two_workers_match_one(prepared_voc8, tmp_path, reduction):
     histories = {}
     for workers in (0, 2):
         config = TrainConfig(
@@ -43,7 +33,7 @@ def test_two_workers_match_one(prepared, tmp_path, reduction):
         )
         train(
             config,
-            {"train": read_prepared(prepared / "train")},
+            {"train": read_prepared(prepared_voc8 / "train")},
             num_workers=workers,
             cpus_per_worker=0.5,
             storage_path=str(tmp_path / "ray"),
