@@ -25,22 +25,25 @@ pytestmark = pytest.mark.slow
 
 
 def killed_once(storage: Path, marker: Path):
-    """``train_loop``, but the first worker to run it kills its own process (SIGKILL) once a
-    second checkpoint folder has appeared (the first is then registered with Ray Train): a real,
-    unannounced worker death mid-training."""
+    """``train_loop``, but the first worker to run it kills its own process (SIGKILL) once Ray
+    Train has deleted a checkpoint folder: it does so (``num_to_keep=1``) only after registering
+    a newer one, so a registered checkpoint exists. A real, unannounced worker death."""
 
     def loop(cfg: dict) -> None:
         if not marker.exists():
             marker.write_text(str(os.getpid()))
 
-            def kill_after_two_checkpoints() -> None:
+            def kill_once_a_checkpoint_is_registered() -> None:
                 seen: set[str] = set()
-                while len(seen) < 2:
-                    seen |= {p.parent.name for p in storage.rglob("state.pt")}
+                while True:
+                    now = {p.parent.name for p in storage.rglob("state.pt")}
+                    if seen - now:
+                        break
+                    seen |= now
                     time.sleep(0.02)
                 os.kill(os.getpid(), signal.SIGKILL)
 
-            threading.Thread(target=kill_after_two_checkpoints, daemon=True).start()
+            threading.Thread(target=kill_once_a_checkpoint_is_registered, daemon=True).start()
         train_loop(cfg)
 
     return loop
