@@ -47,6 +47,17 @@ def _upper_bound(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1, default=float))
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    import os
+
+    from pipeline.params import load_params
+    from pipeline.sweeps.run import run_named_sweep
+
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address
+    run_named_sweep(load_params(args.params), args.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.analysis.upper_bound import DEFAULT_METHOD, METHODS
 
@@ -101,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how labels are downsampled (default {DEFAULT_METHOD})",
     )
     p.set_defaults(func=_upper_bound)
+
+    p = sub.add_parser(
+        "sweep",
+        help="run a Ray Tune sweep of params.yaml `sweeps` outside DVC (the sweep@ stage's code): "
+        "writes sweeps/NAME/ and metrics/sweep-NAME.json",
+    )
+    p.add_argument("name", help="a sweep declared in params.yaml `sweeps`")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to run on (e.g. 127.0.0.1:6379 or auto); default: RAY_ADDRESS, "
+        "params.yaml ray.address, else a local runtime",
+    )
+    p.add_argument("--params", default=None, help="params file (default: the repo's params.yaml)")
+    p.set_defaults(func=_sweep)
     return parser
 
 

@@ -125,11 +125,51 @@ def num_classes(params: Params, entry: dict) -> int:
     return {"edges": 1, "normals": 3}.get(entry["task"]) or params.get("model.num_classes")
 
 
-def train_config(params: Params, name: str, root: Path | None = None) -> TrainConfig:
-    """Resolve ``train.common`` + ``experiments.<name>.train`` into a validated TrainConfig."""
+OVERRIDE_SECTIONS = ("train", "model_options")
+
+
+def set_dotted(target: dict, key: str, value, where: str) -> None:
+    """``target["a"]["b"] = value`` for ``key`` "a.b" (copying the nested dicts it passes)."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        target[head] = value
+        return
+    inner = target.get(head)
+    if inner is not None and not isinstance(inner, dict):
+        raise ParamsError(f"{where}: {head!r} is {inner!r}, not a section with {rest!r}")
+    target[head] = dict(inner or {})
+    set_dotted(target[head], rest, value, where)
+
+
+def apply_overrides(merged: dict, model_options: dict, overrides: dict, where: str) -> None:
+    """A sweep trial's values (``train.lr``, ``train.augment.jitter``, ``model_options.dropout``)
+    over an experiment's resolved settings."""
+    for key, value in (overrides or {}).items():
+        section, _, rest = key.partition(".")
+        if section not in OVERRIDE_SECTIONS or not rest:
+            raise ParamsError(f"{where}: {key!r} must be train.<key> or model_options.<key>")
+        set_dotted(merged if section == "train" else model_options, rest, value, f"{where}.{key}")
+
+
+def train_config(
+    params: Params,
+    name: str,
+    root: Path | None = None,
+    overrides: dict | None = None,
+    where: str | None = None,
+) -> TrainConfig:
+    """Resolve ``train.common`` + ``experiments.<name>.train`` into a validated TrainConfig;
+    ``overrides`` (a sweep trial's ``train.*`` / ``model_options.*`` values) go on top and are
+    validated the same way (errors then name ``where``, the sweep's key)."""
     entry = experiment(params, name)
     merged = {**params.section("train.common"), **entry["train"]}
-    where = f"experiments.{name}.train"
+    options = {
+        "width": params.get("model.width"),
+        "dropout": params.get("model.dropout"),
+        **entry["model_options"],
+    }
+    where = where or f"experiments.{name}.train"
+    apply_overrides(merged, options, overrides, where)
     unknown = sorted(set(merged) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise ParamsError(f"{where}: unknown key(s) {unknown}")
@@ -169,11 +209,7 @@ def train_config(params: Params, name: str, root: Path | None = None) -> TrainCo
         model=entry["model"],
         num_classes=num_classes(params, entry),
         out_dir=str(model_dir(name, root)),
-        model_options={
-            "width": params.get("model.width"),
-            "dropout": params.get("model.dropout"),
-            **entry["model_options"],
-        },
+        model_options=options,
         init=init,
         reset_head=reset,
         task=entry["task"],

@@ -5,6 +5,7 @@ from pipeline.params import load_params, repo_root
 from pipeline.report.tables import build_report
 from pipeline.runtime.console import announce_limits, limits_banner, run_stage
 from pipeline.runtime.fsutil import write_text_atomic
+from pipeline.sweeps.spec import active_sweeps
 
 
 def main() -> None:
@@ -29,6 +30,7 @@ def main() -> None:
         params.get("run.crf", []),
         provenance,
         sources,
+        sweeps=active_sweeps(params),
     )
     write_text_atomic(root / "reports" / "results.md", text)
     print(text)

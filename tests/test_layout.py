@@ -25,6 +25,7 @@ FOLDER_ORDER = (
     "evaluation",
     "analysis",
     "experiment",
+    "sweeps",
     "cli",
 )
 LAZY_IMPORTS_ALLOWED = {"pipeline.cli"}  # `densepipe --help` must not import torch

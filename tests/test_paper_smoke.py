@@ -81,6 +81,7 @@ def paper_trial(params: dict, voc: Path, bsds: Path, weights: Path) -> dict:
         "train": {k: declared[k] for k in RUN},
         "crf": ["deeplab-largefov"],
         "datasets": ["voc_aug", "voc_fcn", "bsds"],
+        "sweeps": {},
     }
     # the paper's 405-point CRF grid is hours of CPU: one point per round on a laptop
     params["crf"]["search"]["coarse"] = {"w1": [5], "sigma_alpha": [50], "sigma_beta": [3]}

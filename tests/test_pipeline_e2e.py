@@ -25,6 +25,19 @@ MICRO_RUN = (
 )
 
 
+# two trials of FCN-32s, ASHA: the sweep stage's outputs, report section and MLflow children
+MICRO_SWEEP = {
+    "experiment": "fcn32s",
+    "space": {"train.lr": {"grid": [1.0e-3, 3.0e-2]}},
+    "fixed": {"train.iterations": 4},
+    "num_samples": 1,
+    "scheduler": {"kind": "asha", "grace_period": 2, "reduction_factor": 2},
+    "report_every": 2,
+    "max_concurrent": 1,
+    "resources": {"cpus": 1},
+}
+
+
 def micro(params: dict) -> dict:
     """Smallest settings that still run every stage."""
     for name in ("voc_aug", "voc_fcn"):  # DeepLab/PixelNet read voc_aug, FCN reads voc_fcn
@@ -37,6 +50,7 @@ def micro(params: dict) -> dict:
         "train": {k: declared[k] for k in MICRO_RUN},
         "crf": ["deeplab-largefov"],
         "datasets": ["voc_aug", "voc_fcn", "bsds"],
+        "sweeps": {"micro": MICRO_SWEEP},
     }
     for entry in params["run"]["train"].values():
         if entry.get("train", {}).get("iterations") != 0:
@@ -102,6 +116,18 @@ def test_repro_produces_report_and_metrics(project):
         assert m["num_images"] == 3 and all(0 <= m[k] <= 1 for k in ("ods", "ois", "ap"))
     assert f"| Canny | `canny` (baseline) | {canny['ods']:.3f} |" in report
     assert (root / "reports" / "figures" / "pixelnet-edges" / "edges_pr_curve.png").is_file()
+    sweep = json.loads((root / "metrics" / "sweep-micro.json").read_text())
+    assert sweep["trials"] == 2 and sweep["metric"] == "val_mean_iu"
+    assert [r["values"]["train.lr"] for r in sweep["rows"]] == [1.0e-3, 3.0e-2]
+    assert all(r["status"] in ("finished", "stopped early") for r in sweep["rows"])
+    assert sweep["best"] == max(r["best"] for r in sweep["rows"])
+    trials = (root / "sweeps" / "micro" / "trials.csv").read_text().splitlines()
+    assert trials[0].startswith("trial,train.lr,status") and len(trials) == 3
+    best = yaml.safe_load((root / "sweeps" / "micro" / "best.yaml").read_text())
+    assert best["micro-best"]["model"] == "fcn32s"
+    assert best["micro-best"]["train"]["lr"] == sweep["best_values"]["train.lr"]
+    assert (root / "sweeps" / "micro" / "curves.png").stat().st_size > 0
+    assert "## Sweep `micro` (fcn32s, asha)" in report
     upper = json.loads((root / "metrics" / "upper_bound.json").read_text())
     assert upper["methods"]["majority"]["num_images"] == 4
     best = json.loads((root / "models" / "crf" / "deeplab-largefov" / "best.json").read_text())
@@ -157,4 +183,13 @@ def test_mlflow_holds_finished_runs_with_metrics_and_artifacts(project):
     parents = [r for r in runs if r.data.tags.get("densepipe.parent") == "true"]
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == len(runs) - 1
+    # the sweep is one stage run with a child run per trial (logged by Tune's driver)
+    sweep = names["sweep micro"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
+    assert len(children) == len(runs) - 1 - len(trials)
+    assert sorted(r.info.run_name for r in trials) == ["micro trial-0", "micro trial-1"]
+    for trial in trials:
+        assert trial.info.status == "FINISHED" and "val_mean_iu" in trial.data.metrics
+        assert "train.lr" in trial.data.params
+        history = client.get_metric_history(trial.info.run_id, "val_mean_iu")
+        assert [m.step for m in history][:2] == [2, 4][: len(history)]

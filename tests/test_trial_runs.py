@@ -92,7 +92,7 @@ def test_eval_images_caps_every_scored_split(tmp_path):
 
 
 def test_backbone_needs_its_dataset_only_when_it_pretrains():
-    bsds_only = {"train": {}, "crf": [], "datasets": ["bsds"]}
+    bsds_only = {"train": {}, "crf": [], "datasets": ["bsds"], "sweeps": {}}
     paper = repo_params("paper", run=bsds_only)  # backbone.source: imagenet under paper
     assert build_list(paper) == ["bsds"]
     tiny = repo_params("tiny", run=bsds_only)  # pretrain on voc_aug: the set must hold it

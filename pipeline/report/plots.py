@@ -94,3 +94,31 @@ def confusion(hist: np.ndarray, classes: tuple[str, ...], path: Path) -> None:
                 color="white" if v > 0.5 else "black",
             )
     _save(fig, Path(path))
+
+
+def sweep_curves(histories: dict[str, list], metric: str, path: Path, stopped=()) -> None:
+    """A sweep's validation metric against optimizer step, one line per trial (dashed: stopped
+    early by the scheduler)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, history in histories.items():
+        if history:
+            ax.plot(*zip(*history), "--" if name in stopped else "-", marker="o", ms=3, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, Path(path))
+
+
+def sweep_values(rows: list[dict], keys: list[str], metric: str, path: Path) -> None:
+    """The best metric of each trial against each swept value (log x for log-scale ranges)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        xs = [r["values"][key] for r in rows]
+        ys = [r["best"] for r in rows]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+        if numeric and min(xs) > 0 and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+        ax.scatter(xs if numeric else [str(x) for x in xs], ys)
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+    _save(fig, Path(path))

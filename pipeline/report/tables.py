@@ -225,6 +225,47 @@ def upper_bound_markdown(result: dict, paper: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PERCENT_METRICS = (
+    "val_mean_iu", "val_pixel_acc", "val_mean_acc", "val_fw_iu", "val_ods", "val_ois", "val_ap",
+)  # fmt: skip
+
+
+def sweep_markdown(result: dict) -> str:
+    """One sweep: its trials (values, status, steps, final and best metric), the winner first
+    in bold. Percent for the [0, 1] scores, degrees as they are."""
+    metric = result["metric"]
+    scale = 100.0 if metric in PERCENT_METRICS else 1.0
+    keys = list(result["rows"][0]["values"]) if result["rows"] else []
+    lines = [
+        f"## Sweep `{result['sweep']}` ({result['experiment']}, {result['scheduler']})",
+        "",
+        f"Best {metric} {result['best'] * scale:.1f} ({result['best_trial']}: "
+        + ", ".join(f"{k} = {_value(v)}" for k, v in result["best_values"].items())
+        + f"); {result['trials']} trials: {result['finished']} finished, "
+        f"{result['stopped_early']} stopped early, {result['failed']} failed; "
+        f"{result['trial_steps']} optimizer steps in all. Figures and best.yaml: "
+        f"`sweeps/{result['sweep']}/`.",
+        "",
+        "| trial | " + " | ".join(keys) + f" | status | steps | final {metric} | best |",
+        "|---" * (len(keys) + 5) + "|",
+    ]
+    for row in result["rows"]:
+        mark = "**" if row["trial"] == result["best_trial"] else ""
+        cells = [f"{mark}{row['trial']}{mark}", *(_value(row["values"][k]) for k in keys)]
+        cells += [row["status"], str(row["steps"])]
+        cells += [_fmt(_scaled(row["final"], scale), 1), _fmt(_scaled(row["best"], scale), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _value(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _scaled(v, scale: float):
+    return None if v is None or v != v else v * scale
+
+
 def build_report(
     metrics_dir: Path,
     experiments: dict[str, dict],
@@ -232,8 +273,10 @@ def build_report(
     crf: list[str],
     provenance: str,
     sources: dict[str, str] | None = None,
+    sweeps: list[str] = (),
 ) -> str:
-    """reports/results.md: every reference table that has at least one declared experiment."""
+    """reports/results.md: every reference table that has at least one declared experiment,
+    then a section per sweep of the active set."""
     ours = Ours(metrics_dir, experiments, set(ran))
     sections = [
         "# Results",
@@ -251,6 +294,10 @@ def build_report(
             if table_id == "deeplab_crf":
                 line = crf_parameters_line(ours, crf)
                 sections += [line, ""] if line else []
+    for name in sweeps:
+        path = Path(metrics_dir) / f"sweep-{name}.json"
+        if path.is_file():
+            sections.append(sweep_markdown(json.loads(path.read_text())))
     sections += [
         "Rows marked (not in `run`) are declared in params.yaml `experiments.all`: set "
         "`run: *all` to build them. Figures: `reports/figures/<experiment>/` (predictions, "

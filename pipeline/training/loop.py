@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.data.datasets.bsds import unstack
 from pipeline.data.loader import Augment, InputSpec, batch_to_tensors
 from pipeline.errors import ParamsError
+from pipeline.metrics.edges import benchmark_thresholds, evaluate_image, score_counts
 from pipeline.metrics.normals import NormalErrorAccumulator
 from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
 from pipeline.models import build_model, param_groups
@@ -153,19 +155,32 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     raise ValueError(f"unknown lr_policy {config.lr_policy!r} (fixed | step | multistep | poly)")
 
 
+# validation during training scores edges at 9 thresholds (the edge stage's benchmark uses 99):
+# enough to rank sweep trials and stop bad ones, at a ninth of the matching cost
+VAL_EDGE_THRESHOLDS = benchmark_thresholds(9)
+
+
 def evaluate_model(
     model, rows, spec: InputSpec, num_classes: int, device, autocast, task: str = "segmentation"
 ) -> dict:
     """Mean IU etc. of ``model`` over prepared rows (batch 1: images keep their own size);
-    for ``task="normals"`` the angular errors (mean, median, ... in degrees)."""
+    for ``task="normals"`` the angular errors (mean, median, ... in degrees); for
+    ``task="edges"`` ODS / OIS / AP of the NMS'd maps (``VAL_EDGE_THRESHOLDS``)."""
     model.eval()
     hist = np.zeros((num_classes, num_classes), np.int64)
     normals = NormalErrorAccumulator()
+    edge_ids, edge_counts = [], []
     with torch.no_grad():
         for batch in rows:
             x, y = batch_to_tensors(batch, spec, task=task)
             with autocast():
-                logits = model(x.to(device))
+                logits = getattr(model, "predict_dense", model)(x.to(device))
+            if task == "edges":
+                prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+                gts = unstack(batch["boundaries"][0], int(batch["height"][0]))
+                edge_counts.append(evaluate_image(prob, gts, VAL_EDGE_THRESHOLDS, nms=True))
+                edge_ids.append(str(batch["id"][0]))
+                continue
             if task == "normals":
                 pred = logits.float()[0].permute(1, 2, 0).cpu().numpy()
                 normals.add(pred, y[0].permute(1, 2, 0).numpy())
@@ -173,31 +188,107 @@ def evaluate_model(
             pred = predict_labels(logits.float()).cpu().numpy()
             hist += confusion_matrix(y.numpy(), pred, num_classes)
     model.train()
+    if task == "edges":
+        result = score_counts(edge_ids, np.stack(edge_counts), VAL_EDGE_THRESHOLDS)
+        return {"ods": result.ods.f, "ois": result.ois.f, "ap": result.ap}
     if task == "normals":
         return {k.replace(".", "_"): v for k, v in normals.scores().items() if k != "n_pixels"}
     return segmentation_scores(hist)
 
 
-def train_loop(cfg: dict) -> None:
-    """Runs on every Ray Train worker.
+class RayTrainSession:
+    """What ``train_loop`` asks of its runner, on a Ray Train worker: rank, data, checkpoints,
+    reports. (A sweep trial that trains in its own process passes ``TuneTrialSession``.)"""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.prepare_model = ray.train.torch.prepare_model
+        self.node = ray_node_id()
+
+    def dataset(self, name: str):
+        try:
+            return self._train.get_dataset_shard(name)
+        except (KeyError, ValueError, RuntimeError, AssertionError):  # Ray asserts it exists
+            return None
+
+    def checkpoint(self):
+        return self._train.get_checkpoint()
+
+    def report(self, metrics: dict, folder: str | None = None) -> None:
+        if folder is None:
+            self._train.report(metrics)
+        else:
+            self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(folder))
+
+
+class TuneTrialSession:
+    """``train_loop`` run by a Ray Tune trial in the trial's own process (one worker): the same
+    loop, with the trial's datasets, and reports that go to Tune (its schedulers stop trials on
+    them). Ray Train's own functions refuse to run inside a Tune trial, hence this adapter."""
+
+    rank, world = 0, 1
+
+    def __init__(self, datasets: dict):
+        import ray.tune
+
+        self._tune = ray.tune
+        self._datasets = datasets
+        gpu = torch.cuda.is_available() and bool(ray_gpu_ids())
+        self.device = torch.device("cuda" if gpu else "cpu")
+        self.node = ray_node_id()
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def dataset(self, name: str):
+        return self._datasets.get(name)
+
+    def checkpoint(self):
+        return self._tune.get_checkpoint()
+
+    def report(self, metrics: dict, folder: str | None = None) -> None:
+        # no checkpoint: a trial is short and a failed one is reported as failed, not resumed
+        self._tune.report(metrics)
+
+
+def ray_gpu_ids() -> list:
+    import ray
+
+    return ray.get_gpu_ids()
+
+
+def ray_node_id() -> str:
+    """The Ray node this process runs on (a sweep's trial rows name it)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def train_loop(cfg: dict, session=None) -> None:
+    """Runs on every Ray Train worker (``session`` None: a ``RayTrainSession``), or in a sweep
+    trial's process (``TuneTrialSession``).
 
     ``cfg`` is a TrainConfig as a dict plus ``checkpoint_every`` (an execution setting: optimizer
     steps between checkpoints, 0 = epoch ends only). A restarted worker group (a lost worker or
     node, ``ray.max_failures``) or a rerun of a killed driver resumes from the last checkpoint:
     weights, optimizer, scheduler, counters, history and every random state, then skips the
     batches of the current epoch it had already consumed, so it ends where an uninterrupted run
-    ends.
+    ends. Every validation (``val_every``) is reported with its metrics, so a sweep's scheduler
+    can stop a trial on them.
     """
-    import ray.train
-    import ray.train.torch
-
+    session = session or RayTrainSession()
     cfg = dict(cfg)
     checkpoint_every = int(cfg.pop("checkpoint_every", 0) or 0)
     config = TrainConfig(**cfg)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank, session.world
     torch.manual_seed(config.seed)
-    device = ray.train.torch.get_device()
+    device = session.device
     if device.type == "cpu":
         keep_freed_memory()  # no page faults on every step (pipeline/runtime/cpu_allocator.py)
     spec, augment = InputSpec(**config.input), Augment(**config.augment)
@@ -209,7 +300,7 @@ def train_loop(cfg: dict) -> None:
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = LossModule(net, config)
-    model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
+    model = session.prepare_model(model) if world > 1 else model.to(device)
     optimizer = make_optimizer(net, config)
     scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed + rank)
@@ -221,10 +312,10 @@ def train_loop(cfg: dict) -> None:
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} workers")
     local_batch = config.batch_size // world
-    shard = ray.train.get_dataset_shard("train")
+    shard = session.dataset("train")
     val_rows = None
     if rank == 0:
-        val_ds = _optional_shard("val")
+        val_ds = session.dataset("val")
         if val_ds is not None:
             val_rows = list(val_ds.iter_batches(batch_size=1, batch_format="numpy"))
             if config.max_val_images:
@@ -233,7 +324,7 @@ def train_loop(cfg: dict) -> None:
 
     step, micro, epoch, history, t0 = 0, 0, 0, [], time.time()
     running, skip = [], 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
@@ -290,13 +381,18 @@ def train_loop(cfg: dict) -> None:
                     mlflow.log({"train_loss": step_loss}, step)
                     lr = optimizer.param_groups[0]["lr"]
                     print(_progress_line(config, step, step_loss, lr, time.time() - t0), flush=True)
-                if config.val_every and step % config.val_every == 0 and val_rows:
-                    _validate(net, val_rows, spec, config, device, autocast, history, mlflow, step)
+            # the same decision on every rank: all of them report (Ray Train expects it)
+            validate = bool(config.val_every) and (
+                step % config.val_every == 0 or step == config.iterations
+            )
+            if rank == 0 and validate and val_rows:
+                _validate(net, val_rows, spec, config, device, autocast, history, mlflow, step)
             if step >= config.iterations:
                 break
-            if checkpoint_every and step % checkpoint_every == 0:
+            save = bool(checkpoint_every) and step % checkpoint_every == 0
+            if save or validate:
                 state = _state(net, optimizer, scheduler, step, micro, epoch, batches, history, t0)
-                _report(rank, world, state, (rng, generator))
+                _report(session, state, (rng, generator), checkpoint=save)
         if batches == 0:  # stages check this first (experiment.check_batch_fits); never spin
             raise ParamsError(
                 f"batch_size {config.batch_size}: epoch {epoch} of {Path(config.out_dir).name} "
@@ -308,10 +404,13 @@ def train_loop(cfg: dict) -> None:
         state = _state(net, optimizer, scheduler, step, micro, epoch, 0, history, t0)
         # mid-accumulation (an epoch ended between optimizer steps) the summed gradients are not
         # in the state: report without a checkpoint, the last one stays the resume point
-        _report(rank, world, state, (rng, generator), checkpoint=micro % config.accumulate == 0)
+        _report(session, state, (rng, generator), checkpoint=micro % config.accumulate == 0)
 
     if rank == 0:
         _save_final(net, config, history)
+    # the final metrics, so a sweep trial ends on them (no checkpoint: the run is complete)
+    state = _state(net, optimizer, scheduler, step, micro, epoch, 0, history, t0)
+    _report(session, state, (rng, generator), checkpoint=False)
 
 
 def _progress_line(config: TrainConfig, step: int, loss: float, lr: float, elapsed: float) -> str:
@@ -323,15 +422,6 @@ def _progress_line(config: TrainConfig, step: int, loss: float, lr: float, elaps
         f"lr {lr:.3g} {images / max(elapsed, 1e-9):.1f} img/s "
         f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
     )
-
-
-def _optional_shard(name: str):
-    import ray.train
-
-    try:
-        return ray.train.get_dataset_shard(name)
-    except (KeyError, ValueError, RuntimeError, AssertionError):  # Ray asserts it exists
-        return None
 
 
 class _nullcontext:
@@ -389,28 +479,30 @@ def _state(net, optimizer, scheduler, step, micro, epoch, batches, history, t0) 
     }
 
 
-def _report(rank: int, world: int, state: dict, generators: tuple, checkpoint: bool = True) -> None:
-    """Report to Ray Train with a checkpoint written by rank 0 (Ray persists it), holding the
-    random states of every rank (gathered: each worker draws its own augmentation and samples).
-    """
-    import ray.train
-
+def _report(session, state: dict, generators: tuple, checkpoint: bool = True) -> None:
+    """Report the step, loss and latest validation metrics, with a checkpoint written by rank 0
+    (the runner persists it) holding the random states of every rank (gathered: each worker
+    draws its own augmentation and samples)."""
     rng, generator = generators
     mine = (rng.bit_generator.state, generator.get_state(), torch.get_rng_state())
     every = [mine]
-    if world > 1:
+    if session.world > 1:
         import torch.distributed as dist
 
-        every = [None] * world
+        every = [None] * session.world
         dist.all_gather_object(every, mine)
-    losses = [h["loss"] for h in state["history"] if "loss" in h]
+    history = state["history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    validations = [h for h in history if any(k.startswith("val_") for k in h)]
     metrics = {
         "step": state["step"],
         "epoch": state["epoch"],
         "loss": losses[-1] if losses else float("nan"),
+        "node": session.node,
+        **({k: v for k, v in validations[-1].items() if k != "step"} if validations else {}),
     }
-    if rank != 0 or not checkpoint:
-        ray.train.report(metrics)
+    if session.rank != 0 or not checkpoint:
+        session.report(metrics)
         return
     state = {
         **state,
@@ -421,7 +513,7 @@ def _report(rank: int, world: int, state: dict, generators: tuple, checkpoint: b
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(state["model"], Path(tmp) / "model.pt")
         torch.save(state, Path(tmp) / STATE_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        session.report(metrics, folder=tmp)
 
 
 def _save_final(net, config: TrainConfig, history: list) -> None:
@@ -470,6 +562,7 @@ def train(
     checkpoint_every: int = 0,
     max_failures: int = 0,
     loop=train_loop,
+    callbacks: list | None = None,
 ) -> list[dict]:
     """Run ``train_loop`` under a TorchTrainer and return the training history.
 
@@ -478,7 +571,8 @@ def train(
     (each resumes from that checkpoint). Give ``name`` a hash of the config and data
     (``experiment.run_name``): a rerun of the same name resumes a killed driver's run, so a
     changed config must never share it. A run that finishes removes its checkpoints. ``loop``
-    is the per-worker function (``train_loop``; tests wrap it to kill a worker).
+    is the per-worker function (``train_loop``; tests wrap it to kill a worker); ``callbacks``
+    are Ray Train ``UserCallback``s (a sweep trial forwards rank 0's reports to Tune with one).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -506,8 +600,16 @@ def train(
             storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
         ),
     )
     trainer.fit()
     shutil.rmtree(Path(storage) / name, ignore_errors=True)  # done: nothing left to resume
+    return json.loads((Path(config.out_dir) / "history.json").read_text())
+
+
+def train_in_trial(config: TrainConfig, datasets: dict) -> list[dict]:
+    """``train_loop`` in a Ray Tune trial's own process (a sweep trial with no Train workers):
+    the trial's CPUs do the training and every validation is a Tune report."""
+    train_loop(asdict(config), session=TuneTrialSession(datasets))
     return json.loads((Path(config.out_dir) / "history.json").read_text())
