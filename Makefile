@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # one id per `make repro`, so MLflow groups that invocation's runs under one parent
 RUN_GROUP := repro-$(shell date -u +%Y%m%dT%H%M%S)
 
-.PHONY: repro test smoke-paper lint format install bench mlflow-ui clean
+.PHONY: repro test smoke-paper lint format install bench mlflow-ui mlflow-server clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ bench: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db)
+
+# one MLflow writer for parallel sweeps and multi-node clusters: point every node at
+# MLFLOW_TRACKING_URI=http://HOST:5000 (bound to 127.0.0.1 here; MLFLOW_HOST=0.0.0.0 exposes it,
+# and with it anyone on the network can write runs: put it behind a tunnel or a proxy)
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+mlflow-server: $(STAMP)
+	$(BIN)/mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 1 \
+		--backend-store-uri sqlite:///$(abspath mlflow.db) --artifacts-destination $(abspath mlartifacts)
 
 clean:
 	rm -rf data models metrics reports/figures reports/results.md ray_results mlflow.db mlartifacts

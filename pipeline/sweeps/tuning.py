@@ -152,6 +152,7 @@ def _callback(spec: SweepSpec, mlflow_uri, parent_run_id, experiment_id, group):
     class SweepCallback(tune.Callback):
         def __init__(self):
             self.runs: dict[str, str] = {}
+            self.logged: dict[str, int] = {}
             self.client = None
             if mlflow_uri and parent_run_id:
                 import mlflow
@@ -182,11 +183,14 @@ def _callback(spec: SweepSpec, mlflow_uri, parent_run_id, experiment_id, group):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             run_id = self.runs.get(trial.trial_id)
-            if run_id is None:
+            step = int(result.get("step", 0))
+            # an epoch that ends on a validation step reports that step twice: log it once
+            if run_id is None or self.logged.get(trial.trial_id) == step:
                 return
+            self.logged[trial.trial_id] = step
             from mlflow.entities import Metric
 
-            now, step = int(time.time() * 1000), int(result.get("step", 0))
+            now = int(time.time() * 1000)
             items = [
                 Metric(k, float(v), now, step)
                 for k, v in result.items()
@@ -298,11 +302,12 @@ def run_sweep(
 def _row(spec: SweepSpec, result) -> TrialRow:
     metrics = result.metrics or {}
     frame = result.metrics_dataframe
-    history = []
+    by_step = {}  # one value per step (an epoch end on a validation step reports it twice)
     if frame is not None and spec.metric in frame:
         for step, value in zip(frame["step"], frame[spec.metric]):
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                history.append((int(step), float(value)))
+                by_step[int(step)] = float(value)
+    history = sorted(by_step.items())
     values = [v for _, v in history]
     pick = max if spec.mode == "max" else min
     steps = int(metrics.get("step", 0))

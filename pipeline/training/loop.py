@@ -408,9 +408,6 @@ def train_loop(cfg: dict, session=None) -> None:
 
     if rank == 0:
         _save_final(net, config, history)
-    # the final metrics, so a sweep trial ends on them (no checkpoint: the run is complete)
-    state = _state(net, optimizer, scheduler, step, micro, epoch, 0, history, t0)
-    _report(session, state, (rng, generator), checkpoint=False)
 
 
 def _progress_line(config: TrainConfig, step: int, loss: float, lr: float, elapsed: float) -> str:

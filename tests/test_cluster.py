@@ -1,0 +1,164 @@
+"""A real multi-node Ray cluster on this machine (head with 0 CPUs, two 1-CPU worker nodes, all
+on 127.0.0.1, token auth on) and a real ``mlflow server``: a sweep submitted with
+``ray job submit`` runs ``dvc repro`` of its stage on the cluster, its trials land on both
+worker nodes, its outputs arrive in the project (on storage every node shares: here, one
+machine's disk), and MLflow holds the sweep as a parent run with one child run per trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from local_cluster import LocalCluster, free_ports
+from tests_helpers import scratch_project
+
+from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
+from pipeline.data.datasets.voc import VOC
+from pipeline.data.prepare import prepare_split
+from pipeline.models.vgg import VGG16Classifier
+
+pytestmark = pytest.mark.slow
+
+SWEEP = {
+    "experiment": "tinyfcn",
+    "space": {"train.lr": {"grid": [1.0e-3, 3.0e-2]}},
+    "fixed": {"train.iterations": 4},
+    "num_samples": 1,
+    "scheduler": {"kind": "fifo"},
+    "report_every": 2,
+    "max_concurrent": 2,
+    "resources": {"cpus": 1},
+}
+
+
+def cluster_params(params: dict) -> dict:
+    params["model"]["width"] = 0.0625
+    params["train"]["common"]["batch_size"] = 2
+    params["ray"]["object_store_mb"] = 120
+    params["run"] = {
+        "train": {"tinyfcn": {"model": "fcn32s", "dataset": "voc", "init": "backbone"}},
+        "crf": [],
+        "datasets": ["voc"],
+        "sweeps": {"multinode": SWEEP},
+    }
+    return params
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalCluster(workers=2)
+    yield c
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` on 127.0.0.1 (what ``make mlflow-server`` starts), its own store."""
+    store = tmp_path_factory.mktemp("mlflow")
+    (port,) = free_ports(1)
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.Popen(
+        [
+            str(bin_dir / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+        ],
+        stdout=open(store / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"mlflow server did not start: {(store / 'server.log').read_text()}")
+            time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def project(ray_local, tmp_path_factory):
+    """A scratch DVC project with prepared built-in VOC and a backbone classifier."""
+    root, env = scratch_project(tmp_path_factory.mktemp("cl") / "repo", cluster_params, "cl")
+    raw = write_builtin_voc(root / "scratch-raw", BuiltinSpec(num_train=8, num_val=4, size=40))
+    for split in ("train", "val"):
+        prepare_split(VOC(), raw, split, root / "data" / "prepared" / "voc" / split)
+    (root / "models" / "backbone").mkdir(parents=True)
+    torch.manual_seed(0)
+    state = VGG16Classifier(num_classes=21, width=0.0625).state_dict()
+    torch.save(state, root / "models" / "backbone" / "classifier.pt")
+    return root, env
+
+
+def test_a_sweep_submitted_as_a_ray_job_runs_on_both_worker_nodes(cluster, mlflow_server, project):
+    root, _ = project
+    runtime_env = {
+        "env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "DENSEPIPE_RUN_GROUP": "cluster"}
+    }
+    submit = [
+        str(Path(sys.executable).parent / "ray"),
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "bash",
+        "-c",
+        f"cd {root} && dvc repro --single-item sweep@multinode",
+    ]
+    result = subprocess.run(submit, env=cluster.env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "succeeded" in result.stdout.lower()
+
+    # the outputs arrive in the project, as dvc.yaml declares them
+    rows = list(csv.DictReader((root / "sweeps" / "multinode" / "trials.csv").open()))
+    assert [float(r["train.lr"]) for r in rows] == [1.0e-3, 3.0e-2]
+    assert all(r["status"] == "finished" and int(r["steps"]) == 4 for r in rows)
+    workers = {n["id"] for n in cluster.alive_nodes() if n["cpu"] == 1}
+    assert {r["node"] for r in rows} == workers  # one trial per worker node, none on the head
+    summary = json.loads((root / "metrics" / "sweep-multinode.json").read_text())
+    assert summary["trials"] == 2 and summary["finished"] == 2
+    lock = (root / "dvc.lock").read_text()
+    assert "sweep@multinode" in lock
+
+    # MLflow through the server every node reaches: the sweep run and one child per trial
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("densepipe")
+    runs = client.search_runs([experiment.experiment_id], "tags.`densepipe.group` = 'cluster'")
+    sweep = next(r for r in runs if r.info.run_name == "sweep multinode")
+    assert sweep.info.status == "FINISHED"
+    assert sweep.data.metrics["best_val_mean_iu"] == pytest.approx(summary["best"])
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
+    assert sorted(r.info.run_name for r in trials) == [f"multinode trial-{i}" for i in range(2)]
+    for trial in trials:
+        assert trial.info.status == "FINISHED"
+        history = client.get_metric_history(trial.info.run_id, "val_mean_iu")
+        assert [m.step for m in history] == [2, 4]
