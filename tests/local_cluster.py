@@ -50,6 +50,7 @@ class LocalCluster:
         self.address = f"127.0.0.1:{gcs}"
         self.dashboard = f"http://127.0.0.1:{dash}"
         self.nodes: list[subprocess.Popen] = []
+        self.killed: list[subprocess.Popen] = []
         try:
             self._start_all(workers, gcs, dash, client, agent, grpc, metrics, env_agent, nm, om)
         except BaseException:
@@ -138,7 +139,7 @@ class LocalCluster:
         deadline = time.time() + timeout
         while time.time() < deadline:
             for proc in self.nodes:
-                if proc.poll() is not None:
+                if proc not in self.killed and proc.poll() is not None:
                     raise RuntimeError(f"a ray node exited: {self.logs()}")
             try:
                 if len(self.alive_nodes()) >= alive:
@@ -153,6 +154,7 @@ class LocalCluster:
 
     def kill_node(self, proc: subprocess.Popen) -> None:
         """A node lost: SIGKILL its whole process group (raylet, workers, agents)."""
+        self.killed.append(proc)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:

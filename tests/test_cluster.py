@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from local_cluster import LocalCluster, free_ports
+from resume_helpers import registered_checkpoint
 from tests_helpers import scratch_project
 
 from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
@@ -162,3 +163,72 @@ def test_a_sweep_submitted_as_a_ray_job_runs_on_both_worker_nodes(cluster, mlflo
         assert trial.info.status == "FINISHED"
         history = client.get_metric_history(trial.info.run_id, "val_mean_iu")
         assert [m.step for m in history] == [2, 4]
+
+
+# -- training that survives: a 2-worker DDP run (one worker per node) on the same cluster ------
+
+
+def drive(cluster, prepared, out: Path, storage: Path, name: str, *extra: str):
+    """Start ``tests/cluster_train.py`` against the cluster (a driver process of its own)."""
+    script = Path(__file__).parent / "cluster_train.py"
+    cmd = [sys.executable, str(script), str(prepared), str(out), str(storage), name, *extra]
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def finish(proc) -> str:
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, prepared_voc8, tmp_path_factory):
+    root = tmp_path_factory.mktemp("whole")
+    finish(drive(cluster, prepared_voc8, root / "model", root / "ray", "whole"))
+    return root / "model"
+
+
+def assert_resumed_to_the_same_end(resumed: Path, whole: Path) -> None:
+    history = json.loads((resumed / "history.json").read_text())
+    points = [h["step"] for h in history if h.get("resumed")]
+    assert len(points) == 1 and 4 <= points[0] < 16  # from a checkpoint, not from step 0
+    reference = json.loads((whole / "history.json").read_text())
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses == [h["loss"] for h in reference if "loss" in h]
+    a = torch.load(whole / "model.pt", weights_only=True)
+    b = torch.load(resumed / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # exactly
+
+
+def test_a_killed_worker_resumes_and_ends_with_the_uninterrupted_weights(
+    cluster, prepared_voc8, uninterrupted, tmp_path
+):
+    marker, storage = tmp_path / "killed", tmp_path / "ray"
+    proc = drive(
+        cluster, prepared_voc8, tmp_path / "model", storage, "k",
+        "--kill-worker", str(marker), "--max-failures", "1",
+    )  # fmt: skip
+    finish(proc)
+    assert marker.exists()  # a worker did run, and died
+    assert_resumed_to_the_same_end(tmp_path / "model", uninterrupted)
+    assert not (storage / "k").exists()  # a finished run leaves nothing to resume
+
+
+def test_a_lost_node_is_replaced_and_training_resumes_where_it_was(
+    cluster, prepared_voc8, uninterrupted, tmp_path
+):
+    storage = tmp_path / "ray"
+    proc = drive(cluster, prepared_voc8, tmp_path / "model", storage, "n", "--max-failures", "1")
+    seen: set[str] = set()
+    deadline = time.time() + 300
+    while not registered_checkpoint(storage, seen):
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the end"
+        time.sleep(0.02)
+    cluster.kill_node(cluster.nodes[-1])  # a whole worker node (raylet, its workers) is gone
+    cluster.add_worker()  # and a new one joins, as an autoscaler would bring it
+    out = finish(proc)
+    assert "trained" in out
+    assert_resumed_to_the_same_end(tmp_path / "model", uninterrupted)
