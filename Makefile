@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# one local Ray head for the whole run: each Ray stage connects to it (RAY_ADDRESS) instead of
+# starting its own runtime; it is stopped afterwards (only its own processes)
 repro: $(STAMP)
-	DENSEPIPE_RUN_GROUP=$(RUN_GROUP) $(BIN)/dvc repro
+	DENSEPIPE_RUN_GROUP=$(RUN_GROUP) $(BIN)/python -m pipeline.runtime.localray -- $(BIN)/dvc repro
 	@echo "Results: reports/results.md   MLflow UI: make mlflow-ui"
 
 test: $(STAMP) lint

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from local_cluster import LocalCluster, free_ports
 from resume_helpers import registered_checkpoint
 from tests_helpers import scratch_project
 
@@ -25,6 +24,7 @@ from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
 from pipeline.data.datasets.voc import VOC
 from pipeline.data.prepare import prepare_split
 from pipeline.models.vgg import VGG16Classifier
+from pipeline.runtime.localray import LocalCluster, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,13 @@ def test_a_sweep_submitted_as_a_ray_job_runs_on_both_worker_nodes(cluster, mlflo
         "-c",
         f"cd {root} && dvc repro --single-item sweep@multinode",
     ]
-    result = subprocess.run(submit, env=cluster.env, capture_output=True, text=True, timeout=600)
+    for _ in range(10):  # the head's job agent comes up a few seconds after the cluster
+        result = subprocess.run(
+            submit, env=cluster.env, capture_output=True, text=True, timeout=600
+        )
+        if "No available agent" not in result.stderr + result.stdout:
+            break
+        time.sleep(1)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "succeeded" in result.stdout.lower()
 
@@ -227,7 +233,7 @@ def test_a_lost_node_is_replaced_and_training_resumes_where_it_was(
     while not registered_checkpoint(storage, seen):
         assert proc.poll() is None and time.time() < deadline, "no checkpoint before the end"
         time.sleep(0.02)
-    cluster.kill_node(cluster.nodes[-1])  # a whole worker node (raylet, its workers) is gone
+    cluster.kill_worker(-1)  # a whole worker node (raylet, its workers) is gone
     cluster.add_worker()  # and a new one joins, as an autoscaler would bring it
     out = finish(proc)
     assert "trained" in out

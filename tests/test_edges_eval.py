@@ -332,3 +332,26 @@ def test_the_matcher_gives_the_same_counts_in_every_process(shared_data: Path) -
         ).stdout
         runs.append(json.loads(out))
     assert runs[0][0] == runs[0][1] == runs[1][0] == runs[1][1]
+
+
+def test_the_benchmark_gives_identical_numbers_whatever_the_task_split(
+    shared_data: Path, golden_result: EdgeResult
+) -> None:
+    """The same maps, one Ray task per image (5 thresholds each) and one at a time, against the
+    fixture's 3 tasks per image run concurrently: the same counts and scores, bit for bit."""
+    from pipeline.metrics import edges
+
+    golden = _golden(shared_data)
+    per_task, edges.THRESHOLDS_PER_TASK = edges.THRESHOLDS_PER_TASK, 5
+    try:
+        whole = evaluate_bsds(
+            golden / "png", golden / "groundTruth", n_thresholds=5, num_cpus=1, progress=False
+        )
+    finally:
+        edges.THRESHOLDS_PER_TASK = per_task
+    assert np.array_equal(whole.counts, golden_result.counts)
+    assert (whole.ods, whole.ois, whole.ap) == (
+        golden_result.ods,
+        golden_result.ois,
+        golden_result.ap,
+    )

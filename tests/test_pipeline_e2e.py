@@ -12,6 +12,8 @@ import pytest
 import yaml
 from tests_helpers import scratch_project
 
+from pipeline.runtime.localray import ENV, LocalCluster
+
 pytestmark = pytest.mark.slow
 
 # the staged chain, an evaluation-only masking experiment, DeepLab with its CRF, PixelNet edges
@@ -79,9 +81,16 @@ def run(cmd, cwd, env):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
+    """The micro DAG, every stage connected to one local Ray head (as `make repro` runs it:
+    `python -m pipeline.runtime.localray -- dvc repro`)."""
     root, env = scratch_project(tmp_path_factory.mktemp("e2e") / "repo", micro, "e2e-test")
-    run(["dvc", "repro"], root, env)
-    return root, env
+    head = LocalCluster(workers=0, object_store_mb=200, head_cpus=2)
+    env = {**env, **ENV, "RAY_ADDRESS": head.address}
+    try:
+        run(["dvc", "repro"], root, env)
+        yield root, env
+    finally:
+        head.shutdown()
 
 
 def test_repro_produces_report_and_metrics(project):

@@ -46,3 +46,37 @@ def test_two_workers_match_one(prepared_voc8, tmp_path, reduction):
     assert single[0] != single[2]  # the model did learn between steps
     # tolerance: float32 all-reduce order and per-worker summation differ from one process
     assert ddp == pytest.approx(single, rel=1e-4)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_rerun_gives_identical_losses_and_weights(prepared_voc8, tmp_path, workers):
+    """Same config, same data, run twice (in-process, and with 2 Ray Train workers): the same
+    losses and weights to the last bit; dropout, mirroring, jitter and local shuffling are on."""
+    import torch
+
+    outs = []
+    for run in range(2):
+        config = TrainConfig(
+            model="fcn32s",
+            num_classes=21,
+            out_dir=str(tmp_path / f"run{run}"),
+            model_options={"width": 0.0625, "dropout": 0.5},
+            optimizer="sgd",
+            lr=1e-3,
+            momentum=0.9,
+            batch_size=2,
+            iterations=6,
+            loss_reduction="pixel",
+            augment={"mirror": True, "jitter": 4},
+            seed=5,
+        )
+        data = {"train": read_prepared(prepared_voc8 / "train")}
+        train(config, data, num_workers=workers, cpus_per_worker=0.5)
+        outs.append(tmp_path / f"run{run}")
+    losses = [
+        [h["loss"] for h in json.loads((o / "history.json").read_text()) if "loss" in h]
+        for o in outs
+    ]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+    a, b = (torch.load(o / "model.pt", weights_only=True) for o in outs)
+    assert all(torch.equal(a[k], b[k]) for k in a)

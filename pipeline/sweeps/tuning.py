@@ -191,10 +191,11 @@ def _callback(spec: SweepSpec, mlflow_uri, parent_run_id, experiment_id, group):
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
+            fresh = result.get("val_step") == step  # else the metrics of an earlier validation
             items = [
                 Metric(k, float(v), now, step)
                 for k, v in result.items()
-                if (k == "loss" or k.startswith("val_"))
+                if (k == "loss" or (fresh and k.startswith("val_") and k != "val_step"))
                 and isinstance(v, (int, float))
                 and math.isfinite(float(v))
             ]
@@ -302,10 +303,10 @@ def run_sweep(
 def _row(spec: SweepSpec, result) -> TrialRow:
     metrics = result.metrics or {}
     frame = result.metrics_dataframe
-    by_step = {}  # one value per step (an epoch end on a validation step reports it twice)
-    if frame is not None and spec.metric in frame:
-        for step, value in zip(frame["step"], frame[spec.metric]):
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+    by_step = {}  # each validation once, at the step it ran (reports repeat the latest)
+    if frame is not None and spec.metric in frame and "val_step" in frame:
+        for step, value in zip(frame["val_step"], frame[spec.metric]):
+            if _number(step) and _number(value):
                 by_step[int(step)] = float(value)
     history = sorted(by_step.items())
     values = [v for _, v in history]
@@ -329,6 +330,10 @@ def _row(spec: SweepSpec, result) -> TrialRow:
         node=str(metrics.get("node", "")),
         history=history,
     )
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and math.isfinite(float(value))
 
 
 def best_row(spec: SweepSpec, rows: list[TrialRow]) -> TrialRow:

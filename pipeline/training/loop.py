@@ -496,7 +496,9 @@ def _report(session, state: dict, generators: tuple, checkpoint: bool = True) ->
         "epoch": state["epoch"],
         "loss": losses[-1] if losses else float("nan"),
         "node": session.node,
+        # the latest validation and the step it ran at (a scheduler compares every report)
         **({k: v for k, v in validations[-1].items() if k != "step"} if validations else {}),
+        **({"val_step": validations[-1]["step"]} if validations else {}),
     }
     if session.rank != 0 or not checkpoint:
         session.report(metrics)
