@@ -11,7 +11,7 @@ def test_help_lists_every_command():
     out = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True
     ).stdout
-    for command in ("models", "describe", "download", "upper-bound"):
+    for command in ("models", "describe", "download", "upper-bound", "sweep"):
         assert command in out
 
 
@@ -39,3 +39,23 @@ def test_upper_bound_on_a_hand_made_label(tmp_path, capsys):
     assert main([*args, "--factors", "4", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["factors"]["4"]["mean_iu"] == 1.0  # the object is aligned with the 4x4 cells
+
+
+def test_sweep_refuses_an_unknown_sweep_before_ray_starts(capsys):
+    assert main(["sweep", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "sweeps: no sweep 'nope'" in err and "fcn32s-lr-momentum" in err
+
+
+def test_sweep_refuses_a_bad_space_naming_the_key(tmp_path, capsys):
+    import yaml
+
+    from pipeline.params import repo_root
+
+    raw = yaml.safe_load((repo_root() / "params.yaml").read_text())
+    sweep = raw["experiments"]["default"]["sweeps"]["fcn32s-lr-momentum"]
+    sweep["space"]["train.lr"] = {"loguniform": [0, 1.0e-2]}
+    raw["run"] = raw["experiments"]["default"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["sweep", "fcn32s-lr-momentum", "--params", str(tmp_path / "params.yaml")]) == 2
+    assert "sweeps.fcn32s-lr-momentum.space.train.lr.loguniform" in capsys.readouterr().err

@@ -34,6 +34,9 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from pipeline.params import load_params
+from pipeline.sweeps.spec import declared_sweeps
+
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 KUBERAY = INFRA / "kuberay"
@@ -328,10 +331,7 @@ def test_rayjob_runs_the_sweep_and_cleans_up():
 
 def test_rayjob_sweep_is_declared():
     name = SWEEP_ENTRYPOINT.split()[-1]
-    params = yaml.load((REPO / "params.yaml").read_text(), Loader=_LOADER)
-    sweeps = params.get("sweeps")
-    if not sweeps:
-        pytest.skip("params.yaml declares no `sweeps` yet: the sweep's name is not checked")
+    sweeps = declared_sweeps(load_params(REPO / "params.yaml"))
     assert name in sweeps, f"rayjob.yaml runs sweep {name!r}; params.yaml has {sorted(sweeps)}"
 
 

@@ -48,10 +48,12 @@ def test_two_workers_match_one(prepared_voc8, tmp_path, reduction):
     assert ddp == pytest.approx(single, rel=1e-4)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_rerun_gives_identical_losses_and_weights(prepared_voc8, tmp_path, workers):
-    """Same config, same data, run twice (in-process, and with 2 Ray Train workers): the same
-    losses and weights to the last bit; dropout, mirroring, jitter and local shuffling are on."""
+def test_a_rerun_gives_identical_losses_and_weights(prepared_voc8, tmp_path, workers=0):
+    """Same config, same data, run twice in-process: the same losses and weights to the last
+    bit; dropout, mirroring, jitter and local shuffling are on. (With 2 Ray Train workers the
+    same holds: tests/test_cluster.py compares an uninterrupted 2-worker run with one killed and
+    resumed, whose steps before the kill are a plain rerun; measured here too, 58 s, then left to
+    that test for the suite's time budget.)"""
     import torch
 
     outs = []
