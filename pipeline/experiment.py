@@ -41,14 +41,20 @@ def model_dir(name: str, root: Path | None = None) -> Path:
     return (root or repo_root()) / "models" / name
 
 
-def declared_experiments(params: Params) -> dict[str, dict]:
-    """Every experiment params.yaml declares, in any set, by name (the active set wins)."""
+def declared_in_sets(params: Params, section: str) -> dict[str, dict]:
+    """Every entry of ``section`` (``train``, ``sweeps``) that any experiment set declares, by
+    name (the active set, ``run.<section>``, wins)."""
     found: dict[str, dict] = {}
     for spec in (params.get("experiments", {}) or {}).values():
-        for name, entry in ((spec or {}).get("train") or {}).items():
+        for name, entry in ((spec or {}).get(section) or {}).items():
             found.setdefault(name, entry)
-    found.update(params.get("run.train", {}) or {})
+    found.update(params.get(f"run.{section}", {}) or {})
     return found
+
+
+def declared_experiments(params: Params) -> dict[str, dict]:
+    """Every experiment params.yaml declares, in any set, by name (the active set wins)."""
+    return declared_in_sets(params, "train")
 
 
 def run_names(params: Params) -> list[str]:

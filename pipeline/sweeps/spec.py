@@ -20,6 +20,7 @@ from pipeline.errors import ParamsError
 from pipeline.experiment import (
     OVERRIDE_SECTIONS,
     declared_experiments,
+    declared_in_sets,
     experiment,
     train_config,
 )
@@ -101,12 +102,7 @@ class SweepSpec:
 def declared_sweeps(params: Params) -> dict[str, dict]:
     """Every sweep params.yaml declares, in any experiment set's ``sweeps`` (the active set
     wins)."""
-    found: dict[str, dict] = {}
-    for spec in (params.get("experiments", {}) or {}).values():
-        for name, entry in ((spec or {}).get("sweeps") or {}).items():
-            found.setdefault(name, entry)
-    found.update(params.get("run.sweeps", {}) or {})
-    return found
+    return declared_in_sets(params, "sweeps")
 
 
 def active_sweeps(params: Params) -> list[str]:
