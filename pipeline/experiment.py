@@ -13,8 +13,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.data.loader import MASKS, InputSpec
-from pipeline.data.prepare import prepared_rows, read_prepared_table
+from pipeline.data.loader import MASKS, MODALITIES, InputSpec
+from pipeline.data.prepare import prepared_columns, prepared_rows, read_prepared_table
+from pipeline.data.sources.acquire import data_config
 from pipeline.errors import ParamsError
 from pipeline.models import build_model
 from pipeline.params import (
@@ -125,10 +126,16 @@ def _backbone_init(params: Params, model: str, root: Path | None) -> tuple[str |
     return init_path("backbone", root), params.get("backbone.transfer") == "features"
 
 
+def class_names(params: Params, dataset: str) -> tuple[str, ...]:
+    """The classes a dataset's labels index (VOC 21, NYUD 40, SIFT Flow 33, Context 60 / 33)."""
+    return tuple(data_config(params, dataset).dataset().classes)
+
+
 def num_classes(params: Params, entry: dict) -> int:
-    """Edges have one output (sigmoid), normals three (x, y, z); segmentation has
-    ``model.num_classes``."""
-    return {"edges": 1, "normals": 3}.get(entry["task"]) or params.get("model.num_classes")
+    """Edges have one output (sigmoid), normals three (x, y, z); segmentation one per class of
+    the experiment's dataset."""
+    task = entry["task"]
+    return {"edges": 1, "normals": 3}.get(task) or len(class_names(params, entry["dataset"]))
 
 
 OVERRIDE_SECTIONS = ("train", "model_options")
@@ -219,7 +226,7 @@ def train_config(
         init=init,
         reset_head=reset,
         task=entry["task"],
-        input={**params.section("input"), "mask": entry["mask"]["train"]},
+        input=input_settings(params, entry, options, entry["mask"]["train"]),
         **merged,
     )
 
@@ -258,6 +265,25 @@ def check_batch_fits(
     return images
 
 
+def check_input_columns(params: Params, name: str, config: TrainConfig, root: Path | None = None):
+    """The prepared columns the model reads (depth / HHA for an RGB-D / HHA / RGB-HHA net, the
+    extra heads' labels) must exist in its dataset: a ParamsError before any step otherwise."""
+    spec = InputSpec(**config.input)
+    needed = [*MODALITIES[spec.modality], *spec.extra_labels]
+    if not needed:
+        return
+    dataset = experiment(params, name)["dataset"]
+    have = set(prepared_columns(prepared_dir(dataset, "train", root)))
+    missing = [c for c in needed if c not in have]
+    if missing:
+        raise ParamsError(
+            f"experiments.{name}: model {config.model!r} "
+            f"(model_options {config.model_options}) reads the prepared column(s) {missing}, "
+            f"which dataset {dataset!r} does not have ({sorted(have)}): pick a dataset with "
+            "them (depth and HHA: nyud with options.hha; geo_label: siftflow)"
+        )
+
+
 def run_name(params: Params, name: str, config: TrainConfig, root: Path | None = None) -> str:
     """``train-<name>-<hash>``: the Ray Train run (and checkpoints) of exactly this config on
     exactly these inputs. A killed driver's rerun finds its checkpoints under this name; any
@@ -276,10 +302,29 @@ def run_name(params: Params, name: str, config: TrainConfig, root: Path | None =
     return f"train-{name}-{digest.hexdigest()[:12]}"
 
 
-def input_spec(params: Params, mask: str = "none") -> InputSpec:
-    spec = params.section("input")
-    choice("input.norm", spec.get("norm"), ("caffe", "torchvision"))
-    return InputSpec(norm=spec["norm"], mean_bgr=tuple(spec["mean_bgr"]), mask=mask)
+def input_settings(params: Params, entry: dict, model_options: dict, mask: str) -> dict:
+    """:class:`InputSpec` fields of an experiment: the ``input`` section (the dataset's own
+    mean colour where ``input.dataset_mean_bgr`` has one, as FCN's NYUD and SIFT Flow layers
+    subtract), the model's input ``modality`` and the label columns of its extra heads."""
+    section = dict(params.section("input"))
+    choice("input.norm", section.get("norm"), ("caffe", "torchvision"))
+    means = section.pop("dataset_mean_bgr", None) or {}
+    mean = means.get(entry["dataset"], section["mean_bgr"])
+    if not isinstance(mean, list | tuple) or len(mean) != 3:
+        raise ParamsError(f"input mean for {entry['dataset']!r} must be 3 numbers, got {mean!r}")
+    return {
+        **section,
+        "mean_bgr": tuple(float(v) for v in mean),
+        "mask": mask,
+        "modality": model_options.get("modality", "rgb"),
+        "extra_labels": tuple(model_options.get("extra_heads") or ()),
+    }
+
+
+def input_spec(params: Params, key: str, mask: str = "none") -> InputSpec:
+    """How experiment ``key``'s rows become network input at test time (``mask``: Table 8)."""
+    entry = experiment(params, key)
+    return InputSpec(**input_settings(params, entry, entry["model_options"], mask))
 
 
 def load_trained(params: Params, key: str, root: Path | None = None):

@@ -12,6 +12,7 @@ import torch
 
 from pipeline.data.loader import InputSpec
 from pipeline.data.prepare import read_prepared_table
+from pipeline.experiment import input_settings
 from pipeline.models.weights import imagenet_state_dict, read_state_dict
 from pipeline.params import choice, load_params, repo_root
 from pipeline.runtime.console import run_stage
@@ -43,7 +44,11 @@ def main() -> None:
             state, history = pretrain_classifier(
                 read_prepared_table(prepared / "train"),
                 read_prepared_table(prepared / "val"),
-                InputSpec(**params.section("input")),
+                InputSpec(
+                    **input_settings(
+                        params, {"dataset": params.get("backbone.dataset")}, {}, "none"
+                    )
+                ),
                 config,
             )
             for h in history:

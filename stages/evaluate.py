@@ -12,9 +12,14 @@ import sys
 
 import mlflow
 
-from pipeline.data.builtin.voc import VOC_CLASSES
 from pipeline.evaluation import edges, normals, segmentation
-from pipeline.experiment import experiment, input_spec, load_trained, prepared_split
+from pipeline.experiment import (
+    class_names,
+    experiment,
+    input_spec,
+    load_trained,
+    prepared_split,
+)
 from pipeline.params import load_params, repo_root
 from pipeline.runtime.console import announce_limits, run_stage
 from pipeline.runtime.fsutil import write_text_atomic
@@ -22,7 +27,7 @@ from pipeline.runtime.raycluster import init_ray
 from pipeline.runtime.tracking import stage_run
 
 
-def evaluate_segmentation(model, config, table, spec, params, figures, scales) -> dict:
+def evaluate_segmentation(model, config, table, spec, params, figures, scales, classes) -> dict:
     scores, hist, kept = segmentation.evaluate(
         model,
         table,
@@ -33,7 +38,7 @@ def evaluate_segmentation(model, config, table, spec, params, figures, scales) -
         keep_examples=params.get("evaluate.num_qualitative"),
         scales=scales,
     )
-    return segmentation.write_outputs(scores, hist, kept, VOC_CLASSES, figures)
+    return segmentation.write_outputs(scores, hist, kept, classes, figures)
 
 
 def evaluate_edges(model, table, spec, params, figures, scales) -> dict:
@@ -74,7 +79,7 @@ def main() -> None:
     limits = announce_limits(params)
     model, config = load_trained(params, key)
     table = prepared_split(params, key, "val")
-    spec = input_spec(params, mask=entry["mask"]["test"])
+    spec = input_spec(params, key, mask=entry["mask"]["test"])
     figures = root / "reports" / "figures" / key
     if entry["task"] == "edges":
         metrics = evaluate_edges(model, table, spec, params, figures, entry["test_scales"])
@@ -83,7 +88,10 @@ def main() -> None:
         metrics = evaluate_normals(model, config, table, spec, params, figures, scales)
     else:
         scales = entry["test_scales"]
-        metrics = evaluate_segmentation(model, config, table, spec, params, figures, scales)
+        classes = class_names(params, entry["dataset"])
+        metrics = evaluate_segmentation(
+            model, config, table, spec, params, figures, scales, classes
+        )
     metrics.update(
         num_images=table.num_rows,
         dataset=entry["dataset"],

@@ -19,7 +19,7 @@ def main() -> None:
     model, config = load_trained(params, key)
     table = prepared_split(params, key, "val")
     out = root / "data" / "scores" / key
-    n = predict_scores(model, table, input_spec(params), out, precision=config.precision)
+    n = predict_scores(model, table, input_spec(params, key), out, precision=config.precision)
     print(f"{key}: {n} score maps -> {out}")
 
 

@@ -10,6 +10,12 @@ Input masking (FCN Table 8) is part of the input spec because it must be the sam
 input is built: ``fg`` / ``bg`` replace the foreground / background pixels by the mean colour
 (0 after normalising); ``shape`` keeps only the foreground/background mask itself.
 
+Input modalities (FCN Table 5, the model's ``modality``): ``rgb``; ``hha`` (the prepared ``hha``
+column, minus FCN's HHA mean, channels as stored); ``rgbd`` (RGB + the ``depth`` column as
+``log(mm) - 7.844``, FCN's NYUD layer; missing depth 0, the mean); ``rgb-hha`` (6 channels, RGB
+then HHA, for the late-fusion net). Two-headed models (SIFT Flow) learn extra label columns
+(``extra_labels``, e.g. ``geo_label``): the target is then N x (1 + k) x H x W.
+
 Targets: class labels (segmentation, edges), or for ``task="normals"`` the prepared ``normals``
 column (PixelNet Table 5): B x 3 x H x W float32 camera-frame unit normals, NaN where a pixel
 has none (and in padding). Augmentation moves them with the image; a mirror also negates their
@@ -24,11 +30,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.data.datasets.base import VOID, decode_image, decode_label
+from pipeline.data.datasets.base import VOID, decode_image, decode_label, decode_uint16
 from pipeline.data.encodings.normals import png_to_normals
 from pipeline.errors import DataError
 
 MASKS = ("none", "fg", "bg", "shape")
+#: what the network input holds; the prepared column each needs besides ``image``
+MODALITIES = {"rgb": (), "hha": ("hha",), "rgbd": ("depth",), "rgb-hha": ("hha",)}
+#: FCN's NYUD data layer: HHA mean (channel order as stored) and mean log depth (mm)
+HHA_MEAN = (132.431, 94.076, 118.477)
+LOG_DEPTH_MEAN = 7.844
 #: mirroring a normals map negates the x component (camera frame: x right, y down, z forward)
 MIRROR_NORMALS = np.array([-1.0, 1.0, 1.0], np.float32)
 #: the value a foreground pixel takes in the ``shape`` input (background is 0, the mean)
@@ -45,13 +56,38 @@ class InputSpec:
     norm: str = "caffe"  # caffe | torchvision
     mean_bgr: tuple[float, float, float] = VOC_MEAN_BGR
     mask: str = "none"  # none | fg | bg | shape (FCN Table 8; needs the label)
+    modality: str = "rgb"  # rgb | hha | rgbd | rgb-hha (MODALITIES)
+    hha_mean: tuple[float, float, float] = HHA_MEAN
+    log_depth_mean: float = LOG_DEPTH_MEAN
+    extra_labels: tuple[str, ...] = ()  # label columns of a model's extra heads (geo_label)
 
     def __post_init__(self):
         if self.mask not in MASKS:
             raise ValueError(f"unknown input mask {self.mask!r}; known: {MASKS}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"unknown input modality {self.modality!r}; known: {list(MODALITIES)}")
+        object.__setattr__(self, "extra_labels", tuple(self.extra_labels))
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
-        """NxHxWx3 uint8 RGB -> Nx3xHxW float32 network input."""
+        """NxHxWxC decoded input (:func:`decode_input`) -> NxCxHxW float32 network input."""
+        if self.modality == "rgb":
+            return self._colour(images)
+        x = images.astype(np.float32)
+        if self.modality == "hha":
+            parts = [x - np.asarray(self.hha_mean, np.float32)]
+        else:
+            parts = [self._colour(x[..., :3]).transpose(0, 2, 3, 1)]
+        if self.modality == "rgb-hha":
+            parts.append(x[..., 3:6] - np.asarray(self.hha_mean, np.float32))
+        if self.modality == "rgbd":
+            depth = x[..., 3:4]
+            with np.errstate(divide="ignore"):
+                log_depth = np.log(depth) - np.float32(self.log_depth_mean)
+            parts.append(np.where(depth > 0, log_depth, 0.0).astype(np.float32))
+        return np.ascontiguousarray(np.concatenate(parts, axis=-1).transpose(0, 3, 1, 2))
+
+    def _colour(self, images: np.ndarray) -> np.ndarray:
+        """NxHxWx3 RGB (0-255) -> Nx3xHxW float32, as the weights were trained."""
         x = images.astype(np.float32)
         if self.norm == "caffe":
             x = x[..., ::-1] - np.asarray(self.mean_bgr, np.float32)
@@ -120,7 +156,13 @@ def rescale(
 
     h, w = label.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    image = resize_bilinear(image, size)
+    if label.ndim == 3:  # a two-headed model's labels: each channel on its own
+        channels = [
+            Image.fromarray(label[..., c]).resize(size, Image.NEAREST)
+            for c in range(label.shape[-1])
+        ]
+        return image, np.stack([np.asarray(c) for c in channels], axis=-1)
     nearest = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
     if not edge_labels or scale >= 1.0:
         return image, nearest
@@ -130,6 +172,60 @@ def rescale(
 
     edges, void = covered(label == 1), covered(label == VOID)
     return image, np.where(edges, 1, np.where(void, VOID, 0)).astype(np.uint8)
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize to ``size`` (w, h): RGB uint8 in one PIL call, any other input (HHA next
+    to RGB, float depth) channel by channel at its own precision."""
+    from PIL import Image
+
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    mode = "L" if image.dtype == np.uint8 else "F"
+    dtype = np.uint8 if mode == "L" else np.float32
+    planes = []
+    for c in range(image.shape[-1]):
+        plane = Image.fromarray(np.ascontiguousarray(image[..., c], dtype=dtype), mode)
+        planes.append(np.asarray(plane.resize(size, Image.BILINEAR)))
+    return np.stack(planes, axis=-1).astype(image.dtype)
+
+
+def decode_input(batch: dict, index: int, modality: str = "rgb") -> np.ndarray:
+    """Row ``index``'s network input before normalising: HxWx3 uint8 RGB (``rgb``), the HHA
+    image (``hha``), RGB + HHA (HxWx6 uint8) or RGB + depth in mm (HxWx4 float32)."""
+    source = f"row {batch['id'][index]}"
+    for column in MODALITIES.get(modality, ()):
+        if column not in batch:
+            raise DataError(
+                f"input modality {modality!r} needs the prepared {column!r} column ({source} has "
+                f"{sorted(batch)}): train it on a dataset with depth (nyud)"
+            )
+    if modality == "hha":
+        return decode_image(batch["hha"][index], f"{source} hha")
+    rgb = decode_image(batch["image"][index], source)
+    if modality == "rgb-hha":
+        return np.concatenate([rgb, decode_image(batch["hha"][index], f"{source} hha")], -1)
+    if modality == "rgbd":
+        depth = decode_uint16(batch["depth"][index], f"{source} depth").astype(np.float32)
+        return np.concatenate([rgb.astype(np.float32), depth[..., None]], -1)
+    return rgb
+
+
+def decode_target(batch: dict, index: int, extra_labels: tuple[str, ...] = ()) -> np.ndarray:
+    """Row ``index``'s class labels: HxW uint8, or HxWx(1+k) with the extra heads' columns."""
+    source = f"row {batch['id'][index]}"
+    label = decode_label(batch["label"][index], source)
+    if not extra_labels:
+        return label
+    planes = [label]
+    for column in extra_labels:
+        if column not in batch:
+            raise DataError(
+                f"the model's {column!r} head needs the prepared {column!r} column ({source} has "
+                f"{sorted(batch)})"
+            )
+        planes.append(decode_label(batch[column][index], f"{source} {column}"))
+    return np.stack(planes, axis=-1)
 
 
 def decode_normals(batch: dict, index: int) -> np.ndarray:
@@ -159,21 +255,27 @@ def rescale_normals(
 
 
 def decode_rows(
-    batch: dict, augment: Augment | None = None, rng=None, task: str = "segmentation"
+    batch: dict,
+    augment: Augment | None = None,
+    rng=None,
+    task: str = "segmentation",
+    spec: InputSpec | None = None,
 ) -> list:
-    """Decode a numpy batch of prepared rows to (image uint8 HxWx3, target) pairs: the target
-    is the label (uint8 HxW), or for ``task="normals"`` the normals (float32 HxWx3, NaN)."""
+    """Decode a numpy batch of prepared rows to (input, target) pairs: the input as
+    :func:`decode_input` gives it for ``spec.modality``, the target the label (uint8 HxW, HxWxK
+    with ``spec.extra_labels``), or for ``task="normals"`` the normals (float32 HxWx3, NaN)."""
+    spec = spec or InputSpec()
     pairs = []
     normals = task == "normals"
     scale = 1.0
     if augment is not None and rng is not None and augment.scales:
         scale = float(augment.scales[int(rng.integers(len(augment.scales)))])
     for i in range(len(batch["id"])):
-        image = decode_image(batch["image"][i], f"row {batch['id'][i]}")
+        image = decode_input(batch, i, spec.modality)
         if normals:
             label = decode_normals(batch, i)
         else:
-            label = decode_label(batch["label"][i], f"row {batch['id'][i]}")
+            label = decode_target(batch, i, spec.extra_labels)
         if scale != 1.0:
             if normals:
                 image, label = rescale_normals(image, label, scale)
@@ -204,14 +306,17 @@ def collate(pairs: list, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
     for i, (img, _) in enumerate(pairs):  # padded pixels carry mean colour, i.e. 0 after norm
         x[i, :, img.shape[0] :, :] = pad_value
         x[i, :, :, img.shape[1] :] = pad_value
-    if pairs[0][1].ndim == 3:  # normals
+    if pairs[0][1].dtype.kind == "f":  # normals
         if spec.mask != "none":
             raise ValueError(f"input mask {spec.mask!r} needs class labels, not normals")
         y = np.stack([_pad(n, h, w, np.nan) for _, n in pairs]).astype(np.float32)
         return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(y.transpose(0, 3, 1, 2)))
     y = np.stack([_pad(lab, h, w, VOID) for _, lab in pairs]).astype(np.int64)
     if spec.mask != "none":
-        x = mask_input(x, np.stack([_pad(lab != 0, h, w, False) for _, lab in pairs]), spec.mask)
+        fg = [_pad((lab[..., 0] if lab.ndim == 3 else lab) != 0, h, w, False) for _, lab in pairs]
+        x = mask_input(x, np.stack(fg), spec.mask)
+    if y.ndim == 4:  # main + extra heads' labels: N x (1 + k) x H x W
+        y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -251,7 +356,7 @@ def batch_to_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prepared rows -> (Nx3xHxW float input, NxHxW int64 labels); for ``task="normals"`` the
     target is Nx3xHxW float32 normals (NaN: none)."""
-    return collate(decode_rows(batch, augment, rng, task), spec)
+    return collate(decode_rows(batch, augment, rng, task, spec), spec)
 
 
 def iter_rows(table) -> Iterator[dict]:

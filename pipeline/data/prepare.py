@@ -125,6 +125,16 @@ def prepared_rows(path: Path) -> int:
     return sum(pq.read_metadata(f).num_rows for f in files)
 
 
+def prepared_columns(path: Path) -> list[str]:
+    """Column names of a prepared split, from the first shard's schema (no data read)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(path).glob("*.parquet"))
+    if not files:
+        raise DataError(f"no prepared Parquet shards in {path} (run the prepare stage)")
+    return list(pq.read_schema(files[0]).names)
+
+
 def read_prepared_table(path: Path) -> pa.Table:
     """Read a prepared split into memory with pyarrow (for evaluation on one machine)."""
     import pyarrow.parquet as pq

@@ -7,7 +7,7 @@ averaging over scales. Segmentation, edges, normals and the CRF's scores all sta
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ class Prediction:
     label: np.ndarray  # HxW uint8 truth
     scores: torch.Tensor  # CxHxW logits (float32)
     pred: np.ndarray  # HxW predicted classes
+    # a two-headed model's other heads: label column -> (HxW truth, HxW predicted classes)
+    extra: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def eval_rows(model: torch.nn.Module, table, limit: int | None = None) -> Iterator[dict]:
@@ -102,9 +104,21 @@ def predict(
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             return model(x)
 
+    columns = spec.extra_labels
+    if columns and scales != (1.0,):
+        raise ValueError("test-time scales are not supported for a model with extra heads")
     for row in eval_rows(model, table, limit):
         x, y = batch_to_tensors(row, spec)
-        if scales == (1.0,):
+        extra = {}
+        if columns:  # every head in one forward pass; y holds the main label, then the extras
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                heads = model.forward_heads(x)
+            logits = heads["label"].float()
+            for k, column in enumerate(columns, start=1):
+                pred = predict_labels(heads[column].float(), loss_kind)[0].numpy()
+                extra[column] = (y[0, k].numpy().astype(np.uint8), pred.astype(np.uint8))
+            y = y[:, 0]
+        elif scales == (1.0,):
             logits = run(x).float()
         else:
             logits = _logits_of_probs(multiscale_probs(run, x, scales, activation), loss_kind)
@@ -114,4 +128,5 @@ def predict(
             label=y[0].numpy().astype(np.uint8),
             scores=logits[0],
             pred=predict_labels(logits, loss_kind)[0].numpy().astype(np.uint8),
+            extra=extra,
         )

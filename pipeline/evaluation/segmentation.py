@@ -31,15 +31,33 @@ def evaluate(
     progress: bool = True,
     scales: Sequence[float] = (1.0,),
 ) -> tuple[dict, np.ndarray, list[Prediction]]:
-    """Scores over the whole table, the confusion matrix, and the first few predictions."""
+    """Scores over the whole table, the confusion matrix, and the first few predictions.
+
+    A model with extra heads (SIFT Flow's geometry) is scored on each in the same pass: its
+    scores gain ``<column>_pixel_acc`` ... (e.g. ``geo_label_pixel_acc``, FCN Table 6's geom.
+    acc.).
+    """
     hist = np.zeros((num_classes, num_classes), np.int64)
+    extra_classes = dict(getattr(model, "extra_heads", {}) or {})
+    extra_hists = {c: np.zeros((n, n), np.int64) for c, n in extra_classes.items()}
     kept = []
     preds = predict(model, table, spec, precision=precision, loss_kind=loss_kind, scales=scales)
     for p in tqdm(preds, total=table.num_rows, desc="evaluate", disable=not progress):
         hist += confusion_matrix(p.label, p.pred, num_classes)
+        for column, (truth, pred) in p.extra.items():
+            extra_hists[column] += confusion_matrix(truth, pred, extra_classes[column])
         if len(kept) < keep_examples:
             kept.append(p)
-    return segmentation_scores(hist), hist, kept
+    scores = segmentation_scores(hist)
+    for column, h in extra_hists.items():
+        head = segmentation_scores(h)
+        scores.update({f"{column}_{k}": head[k] for k in HEAD_METRICS})
+    return scores, hist, kept
+
+
+SCORE_KEYS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "mean_iu_fg", "per_class_iu")
+#: what an extra head reports (FCN's SIFT Flow table gives the geometric pixel accuracy)
+HEAD_METRICS = ("pixel_acc", "mean_acc", "mean_iu")
 
 
 def write_outputs(scores: dict, hist: np.ndarray, kept: list, classes, out_dir: Path) -> dict:
@@ -53,6 +71,7 @@ def write_outputs(scores: dict, hist: np.ndarray, kept: list, classes, out_dir: 
         ("input", "ground truth", "prediction"),
     )
     return {
+        **{k: v for k, v in scores.items() if k not in SCORE_KEYS},  # extra heads' scores
         "pixel_acc": scores["pixel_acc"],
         "mean_acc": scores["mean_acc"],
         "mean_iu": scores["mean_iu"],

@@ -18,7 +18,7 @@ from pipeline.errors import ParamsError
 from pipeline.models.backbones import build_fcn32s
 from pipeline.models.deeplab import VARIANTS as _DEEPLAB_VARIANTS
 from pipeline.models.deeplab import DeepLab, deeplab_vgg16
-from pipeline.models.fcn import FCN, param_groups, vgg16_fcn
+from pipeline.models.fcn import FCN, MODALITIES, LateFusion, param_groups, vgg16_fcn
 from pipeline.models.geometry import describe
 from pipeline.models.pixelnet import PixelNet, pixelnet_vgg16
 from pipeline.models.vgg import VGG16Classifier
@@ -32,6 +32,8 @@ from pipeline.models.weights import (
 __all__ = [
     "FCN",
     "DeepLab",
+    "LateFusion",
+    "MODALITIES",
     "PixelNet",
     "VGG16Classifier",
     "build_model",
@@ -69,12 +71,16 @@ _REGISTRY["pixelnet"] = pixelnet_vgg16  # options: layers, mlp, sampling (pixeln
 #: every option some model takes; ``_MODEL_OPTIONS`` says which (default: the FCN ones)
 _OPTIONS = ("dropout", "learn_upsampling", "fixed_upsampling", "pretrained", "msc_train_new_only")
 _OPTIONS += ("layers", "mlp", "sampling")  # PixelNet
+_OPTIONS += ("modality", "extra_heads")  # FCN-VGG16: NYUD inputs, SIFT Flow's geometric head
 _FCN_OPTIONS = ("dropout", "learn_upsampling", "fixed_upsampling", "pretrained")
+_FCN_OPTIONS += ("modality", "extra_heads")
 _MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     n: ("dropout", "pretrained", *(("msc_train_new_only",) if n.endswith("-msc") else ()))
     for n in _DEEPLAB_NAMES
 }
 _MODEL_OPTIONS["pixelnet"] = ("dropout", "pretrained", "layers", "mlp", "sampling")
+for _name in ("fcn32s-alexnet", "fcn32s-googlenet"):
+    _MODEL_OPTIONS[_name] = _FCN_OPTIONS[:4]
 
 
 def list_models() -> list[str]:

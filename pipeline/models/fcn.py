@@ -25,6 +25,8 @@ from pipeline.models.vgg import VGG16_FC, fc_head, scaled, vgg16_features
 
 __all__ = [
     "FCN",
+    "MODALITIES",
+    "LateFusion",
     "Scale",
     "Skip",
     "crop",
@@ -32,6 +34,10 @@ __all__ = [
     "resolve_upsampling",
     "vgg16_fcn",
 ]
+
+
+#: input modalities of the FCN-VGG16 nets (FCN Table 5); the loader builds the channels
+MODALITIES = ("rgb", "hha", "rgbd", "rgb-hha")
 
 
 class Scale(nn.Module):
@@ -149,6 +155,12 @@ class FCN(nn.Module):
     Module names follow the Caffe nets (``score_fr``, ``score_pool4``, ``upscore2``,
     ``upscore_pool4``, ``upscore8`` ...), so staged initialisation can copy by name.
     ``crop_offsets`` holds the derived offsets keyed by the cropped layer ("score" = final crop).
+
+    ``extra_heads`` ({label column: classes}, e.g. SIFT Flow's ``{"geo_label": 3}``) adds a whole
+    second score path per entry on the same trunk (its modules prefixed ``<column>_``), as FCN's
+    two-headed SIFT Flow net does: ``forward`` returns the main head's scores, ``forward_heads``
+    every head's, keyed by the label column it learns ("label" for the main one).
+    ``modality`` records what the input channels hold (the loader builds them from it).
     """
 
     def __init__(
@@ -165,13 +177,20 @@ class FCN(nn.Module):
         name: str = "fcn",
         arch: str = "vgg16",
         width: float = 1.0,
+        extra_heads: dict[str, int] | None = None,
+        modality: str = "rgb",
     ) -> None:
         super().__init__()
         self.name, self.arch, self.num_classes, self.width = name, arch, num_classes, width
+        self.modality = modality
+        self.extra_heads = dict(extra_heads or {})
         self.backbone = backbone
         self.head = head if head is not None else nn.Identity()
         self.head_tap = head_tap
-        self.score_fr = _zero_conv1x1(head_channels, num_classes)
+        self._prefixes = {"label": "", **{col: f"{col}_" for col in self.extra_heads}}
+        classes = {"label": num_classes, **self.extra_heads}
+        for column, prefix in self._prefixes.items():
+            self.add_module(f"{prefix}score_fr", _zero_conv1x1(head_channels, classes[column]))
 
         identity = geometry.CoordMap()
         current = geometry.trace(self.trunk())
@@ -186,24 +205,23 @@ class FCN(nn.Module):
                 scale_name = f"scale_{skip.tap}"
                 self.add_module(scale_name, Scale(skip.scale))
             score_name = f"score_{skip.tap}"
-            self.add_module(score_name, _zero_conv1x1(skip.channels, num_classes))
             k, current, off = _aligned_kernel(
                 current, factor, skip_geom.coord, upsampled_is_source=False
             )
-            self.add_module(
-                up_name,
-                BilinearUpsample(num_classes, factor, kernel_size=k, learnable=learn_intermediate),
-            )
+            for column, prefix in self._prefixes.items():
+                n = classes[column]
+                self.add_module(prefix + score_name, _zero_conv1x1(skip.channels, n))
+                up = BilinearUpsample(n, factor, kernel_size=k, learnable=learn_intermediate)
+                self.add_module(prefix + up_name, up)
             self.crop_offsets[score_name] = off
             stages.append(_Stage(up_name, skip.tap, scale_name, score_name, off))
             up_name = f"upscore_{skip.tap}"
         factor = _integer_factor(current.stride, "final upsampling")
         k, _, off = _aligned_kernel(current, factor, identity, upsampled_is_source=True)
         self.final_name = "upscore" if not skips else f"upscore{factor}"
-        self.add_module(
-            self.final_name,
-            BilinearUpsample(num_classes, factor, kernel_size=k, learnable=learn_final),
-        )
+        for column, prefix in self._prefixes.items():
+            up = BilinearUpsample(classes[column], factor, kernel_size=k, learnable=learn_final)
+            self.add_module(prefix + self.final_name, up)
         self.crop_offsets["score"] = off
         self._stages = tuple(stages)
         self._taps = frozenset([head_tap, *(s.tap for s in skips)])
@@ -225,18 +243,26 @@ class FCN(nn.Module):
                     break
         return taps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        taps = self._features(x)
-        score = self.score_fr(self.head(taps[self.head_tap]))
+    def _score(self, taps: dict[str, torch.Tensor], size, prefix: str = "") -> torch.Tensor:
+        """One head's score path: ``score_fr``, the skip fusions, the final upsampling + crop."""
+        score = getattr(self, prefix + "score_fr")(self.head(taps[self.head_tap]))
         for st in self._stages:
-            score = getattr(self, st.up)(score)
+            score = getattr(self, prefix + st.up)(score)
             feat = taps[st.tap]
             if st.scale is not None:
                 feat = getattr(self, st.scale)(feat)
-            skip = getattr(self, st.score)(feat)
+            skip = getattr(self, prefix + st.score)(feat)
             score = score + crop(skip, st.offset, score.shape[-2:])
-        score = getattr(self, self.final_name)(score)
-        return crop(score, self.crop_offsets["score"], x.shape[-2:])
+        score = getattr(self, prefix + self.final_name)(score)
+        return crop(score, self.crop_offsets["score"], size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._score(self._features(x), x.shape[-2:])
+
+    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every head's scores at input size, keyed by the label column it is trained on."""
+        taps = self._features(x)
+        return {col: self._score(taps, x.shape[-2:], p) for col, p in self._prefixes.items()}
 
     def upsampling_layers(self) -> dict[str, BilinearUpsample]:
         """The deconvolutions by name, coarse to fine (the last one is the final upsampling)."""
@@ -244,8 +270,9 @@ class FCN(nn.Module):
 
     def freeze_all_but_score(self) -> None:
         """FCN-32s-fixed: only the class scoring layer learns."""
+        scores = tuple(f"{prefix}score_fr." for prefix in self._prefixes.values())
         for name, p in self.named_parameters():
-            p.requires_grad_(name.startswith("score_fr."))
+            p.requires_grad_(name.startswith(scores))
 
 
 def vgg16_fcn(
@@ -259,18 +286,36 @@ def vgg16_fcn(
     skips: Iterable[str] = (),
     atonce: bool = False,
     pool_only: str | None = None,
-) -> FCN:
-    """An FCN-VGG16 variant: ``skips`` from ("pool4", "pool3"); ``pool_only`` for FCN-poolX."""
+    modality: str = "rgb",
+    extra_heads: dict[str, int] | None = None,
+) -> nn.Module:
+    """An FCN-VGG16 variant: ``skips`` from ("pool4", "pool3"); ``pool_only`` for FCN-poolX.
+
+    ``modality`` (FCN Table 5): ``rgb``; ``hha`` (the same net on HHA images); ``rgbd`` (early
+    fusion: conv1_1 takes 4 channels); ``rgb-hha`` (late fusion: a :class:`LateFusion` of an
+    RGB and an HHA net). ``extra_heads``: more score paths on the trunk (SIFT Flow's geometry).
+    """
+    if modality not in MODALITIES:
+        raise ParamsError(f"model_options.modality: unknown {modality!r}; known: {MODALITIES}")
+    if modality == "rgb-hha":
+        kw = dict(width=width, dropout=dropout, learn_upsampling=learn_upsampling,
+                  fixed_upsampling=fixed_upsampling, skips=skips, atonce=atonce,
+                  pool_only=pool_only, extra_heads=extra_heads)  # fmt: skip
+        color = vgg16_fcn(name, num_classes, modality="rgb", **kw)
+        depth = vgg16_fcn(name, num_classes, modality="hha", **kw)
+        return LateFusion(color, depth, name=name)
+    extra_heads = _check_heads(extra_heads)
+    in_channels = 4 if modality == "rgbd" else 3
     learn_mid, learn_final = resolve_upsampling(learn_upsampling, fixed_upsampling)
     skip_scale = {"pool4": 0.01, "pool3": 0.0001} if atonce else {}
     channels = {"pool3": scaled(256, width), "pool4": scaled(512, width)}
     skip_list = [Skip(t, channels[t], skip_scale.get(t, 1.0)) for t in skips]
     if pool_only is not None:
-        backbone = vgg16_features(width, upto=pool_only)
+        backbone = vgg16_features(width, upto=pool_only, in_channels=in_channels)
         head, head_tap = None, pool_only
         head_channels = scaled(256 if pool_only == "pool3" else 512, width)
     else:
-        backbone = vgg16_features(width)
+        backbone = vgg16_features(width, in_channels=in_channels)
         fc = scaled(VGG16_FC, width)
         head, head_tap, head_channels = fc_head(scaled(512, width), fc, 7, dropout), "pool5", fc
     return FCN(
@@ -285,7 +330,52 @@ def vgg16_fcn(
         name=name,
         arch="vgg16",
         width=width,
+        extra_heads=extra_heads,
+        modality=modality,
     )
+
+
+def _check_heads(extra_heads) -> dict[str, int]:
+    if extra_heads is None:
+        return {}
+    if not isinstance(extra_heads, dict) or not all(
+        isinstance(k, str) and k and k != "label" and isinstance(v, int) and not isinstance(v, bool)
+        and v > 0 for k, v in extra_heads.items()
+    ):  # fmt: skip
+        raise ParamsError(
+            "model_options.extra_heads must map label columns to class counts, e.g. "
+            f"{{geo_label: 3}}, got {extra_heads!r}"
+        )
+    return dict(extra_heads)
+
+
+class LateFusion(nn.Module):
+    """FCN's RGB-HHA net (Table 5): two FCN streams, scores 0.5 x colour + 0.5 x HHA.
+
+    The input has 6 channels (RGB then HHA, each normalised by the loader); the two streams see
+    their own three and are trained end to end through the averaged scores. Staged
+    initialisation copies by name (``color.*``, ``hha.*``), pretrained classifier weights go into
+    both streams.
+    """
+
+    def __init__(self, color: FCN, hha: FCN, *, name: str) -> None:
+        super().__init__()
+        self.name, self.arch, self.width = name, color.arch, color.width
+        self.num_classes, self.modality = color.num_classes, "rgb-hha"
+        self.extra_heads = color.extra_heads
+        self.streams = nn.ModuleDict({"color": color, "hha": hha})
+
+    def trunk(self) -> nn.Sequential:
+        """The colour stream's coarse path (both streams share its geometry)."""
+        return self.streams["color"].trunk()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.streams["color"](x[:, :3]) + 0.5 * self.streams["hha"](x[:, 3:])
+
+    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        color = self.streams["color"].forward_heads(x[:, :3])
+        hha = self.streams["hha"].forward_heads(x[:, 3:])
+        return {k: 0.5 * color[k] + 0.5 * hha[k] for k in color}
 
 
 def param_groups(

@@ -39,6 +39,7 @@ def vgg16_features(
     conv1_pad: int = 100,
     ceil_mode: bool = True,
     upto: str | None = None,
+    in_channels: int = 3,
 ) -> nn.Sequential:
     """VGG16 conv1_1 .. pool5 with Caffe names; pooling stops after layer ``upto`` (e.g. "pool4").
 
@@ -46,7 +47,7 @@ def vgg16_features(
     ``conv1_pad=1, ceil_mode=False`` is the ImageNet classifier.
     """
     layers: OrderedDict[str, nn.Module] = OrderedDict()
-    in_ch = 3
+    in_ch = in_channels  # 4: RGB-D early fusion (FCN Table 5)
     for b, block in enumerate(VGG16_BLOCKS, start=1):
         for i, ch in enumerate(block, start=1):
             out_ch = scaled(ch, width)

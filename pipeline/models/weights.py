@@ -253,7 +253,17 @@ def _load_classifier(fcn_model: nn.Module, conv_state: StateDict) -> list[str]:
 
 
 def load_backbone_weights(fcn_model: nn.Module, classifier_state: StateDict) -> list[str]:
-    """ImageNet-classifier weights into any FCN, dispatching on ``fcn_model.arch``."""
+    """ImageNet-classifier weights into any FCN, dispatching on ``fcn_model.arch``; a late-fusion
+    net gets them in each stream, an RGB-D net's extra conv1_1 input (:func:`widen_input`)."""
+    streams = getattr(fcn_model, "streams", None)
+    if streams is not None:
+        loaded = []
+        for name, stream in streams.items():
+            loaded += [
+                f"streams.{name}.{k}" for k in load_backbone_weights(stream, classifier_state)
+            ]
+        return loaded
+    classifier_state = widen_input(fcn_model, classifier_state)
     arch = getattr(fcn_model, "arch", None)
     if arch == "vgg16":
         return load_vgg16_weights(fcn_model, classifier_state)
@@ -264,6 +274,30 @@ def load_backbone_weights(fcn_model: nn.Module, classifier_state: StateDict) -> 
     if arch == "googlenet":
         return _load_classifier(fcn_model, googlenet_conv_state(classifier_state))
     raise ParamsError(f"no ImageNet weights known for architecture {arch!r}")
+
+
+def widen_input(model: nn.Module, state: StateDict) -> StateDict:
+    """Give a 3-channel first conv the extra input channels ``model`` takes (RGB-D: depth).
+
+    The depth filter starts as the mean of the pretrained colour filters (cross-modal
+    initialisation: depth edges start out seen like intensity edges), so training begins from
+    the RGB net's features; a zero depth channel leaves the RGB net's output unchanged.
+    """
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    key = next((k for k in state if k.endswith("conv1_1.weight") or k == "features.0.weight"), None)
+    if first is None or key is None or state[key].shape[1] == first.in_channels:
+        return state
+    weight = state[key]
+    extra = first.in_channels - weight.shape[1]
+    if extra < 0:
+        raise ParamsError(
+            f"pretrained {key} takes {weight.shape[1]} input channels, "
+            f"the model {first.in_channels}"
+        )
+    mean = weight.mean(dim=1, keepdim=True)
+    state = dict(state)
+    state[key] = torch.cat([weight, mean.expand(-1, extra, -1, -1)], dim=1)
+    return state
 
 
 _IMAGENET = {

@@ -36,6 +36,7 @@ COLUMNS: dict[str, Column] = {
     "mean_iu": Column("mean IU", "metrics"),
     "fw_iu": Column("f.w. IU", "metrics"),
     "mean_iu_fg": Column("mean IU (no bg)", "metrics"),
+    "geo_label_pixel_acc": Column("geom. acc.", "metrics"),  # SIFT Flow's geometric head
     "before": Column("mean IU DCNN", "crf", digits=2),
     "after": Column("mean IU DCNN+CRF", "crf", digits=2),
     "conv_layers": Column("conv. layers", "describe", 1, 0),

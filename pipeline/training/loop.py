@@ -83,8 +83,10 @@ def build_for_training(config: TrainConfig) -> torch.nn.Module:
     net = build_model(
         config.model, config.num_classes, pretrained=config.init, **config.model_options
     )
-    if config.reset_head and hasattr(net, "head"):
-        init_convs(net.head)
+    if config.reset_head:  # every stream of a late-fusion net has its own fc head
+        for stream in getattr(net, "streams", {"": net}).values():
+            if hasattr(stream, "head"):
+                init_convs(stream.head)
     return net
 
 
@@ -112,7 +114,19 @@ class LossModule(torch.nn.Module):
                 f"task normals needs a model with its own training_loss (pixelnet), not "
                 f"{cfg.model!r}"
             )
-        logits = self.net(x)
+        if y.ndim == 4:  # a two-headed net (SIFT Flow): one loss per head, summed (FCN §5)
+            heads = self.net.forward_heads(x)
+            columns = ("label", *self.net.extra_heads)
+            losses = [self._loss(heads[c], y[:, k], x) for k, c in enumerate(columns)]
+            # each head normalised by its own count (Caffe: one loss layer each), returned
+            # over the main head's normaliser; reduction "image" (the paper's) is exact under
+            # DDP too, "pixel" uses each worker's own ratio of valid pixels
+            norm = losses[0][1]
+            return sum(total * (norm / n) for total, n in losses), norm
+        return self._loss(self.net(x), y, x)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
         if logits.shape[-2:] != y.shape[-2:]:
             y = self.net.subsample_labels(y, logits)
         keep = None
@@ -186,7 +200,8 @@ def evaluate_model(
                 normals.add(pred, y[0].permute(1, 2, 0).numpy())
                 continue
             pred = predict_labels(logits.float()).cpu().numpy()
-            hist += confusion_matrix(y.numpy(), pred, num_classes)
+            truth = y[:, 0] if y.ndim == 4 else y  # validation scores the main head
+            hist += confusion_matrix(truth.numpy(), pred, num_classes)
     model.train()
     if task == "edges":
         result = score_counts(edge_ids, np.stack(edge_counts), VAL_EDGE_THRESHOLDS)

@@ -87,6 +87,18 @@ def decode_label(data: bytes, source: str) -> np.ndarray:
         raise DataError(f"cannot decode label {source}: {exc}") from exc
 
 
+def decode_uint16(data: bytes, source: str) -> np.ndarray:
+    """Decode a single-channel 8/16-bit PNG (depth in mm) to HxW uint16."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode not in ("I;16", "I", "L"):
+                raise ValueError(f"mode {im.mode!r}, expected a 16-bit single-channel PNG")
+            return np.asarray(im).astype(np.uint16)
+    except Exception as exc:
+        raise DataError(f"cannot decode {source}: {exc}") from exc
+
+
 def encode_png(array: np.ndarray) -> bytes:
     """Encode a uint8 (HxW or HxWx3) or uint16 (HxW) array losslessly as PNG."""
     buf = io.BytesIO()
