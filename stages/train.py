@@ -11,6 +11,7 @@ import mlflow
 from pipeline.data.prepare import read_prepared
 from pipeline.experiment import (
     check_batch_fits,
+    check_no_leakage,
     experiment,
     prepared_dir,
     run_name,
@@ -33,6 +34,7 @@ def main() -> None:
     entry = experiment(params, key)
     ray_params = params.section("ray")
     images = check_batch_fits(params, key, config, ray_params.get("num_workers", 0))
+    check_no_leakage(params, key)
     limits = announce_limits(params)
     init_ray(params)
     with stage_run(params, f"train {key}", tags={"densepipe.kind": "train", "model": key}) as run:
