@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from pipeline.data.leakage import check_prepared
 from pipeline.data.loader import MASKS, MODALITIES, InputSpec
 from pipeline.data.prepare import prepared_columns, prepared_rows, read_prepared_table
 from pipeline.data.sources.acquire import data_config
@@ -282,6 +283,16 @@ def check_input_columns(params: Params, name: str, config: TrainConfig, root: Pa
             f"which dataset {dataset!r} does not have ({sorted(have)}): pick a dataset with "
             "them (depth and HHA: nyud with options.hha; geo_label: siftflow)"
         )
+
+
+def check_no_leakage(params: Params, name: str, root: Path | None = None) -> None:
+    """Experiment ``name`` never evaluates on what it trains on: its prepared val split shares
+    no id and no identical image with its train split (a DataError naming both). Reads two
+    Parquet columns, so the train and sweep stages run it before Ray starts."""
+    dataset = experiment(params, name)["dataset"]
+    splits = params.get(f"data.{dataset}.splits", None)
+    dirs = {split: prepared_dir(dataset, split, root) for split in ("train", "val")}
+    check_prepared(dataset, dirs, splits if isinstance(splits, dict) else None)
 
 
 def run_name(params: Params, name: str, config: TrainConfig, root: Path | None = None) -> str:

@@ -1,7 +1,8 @@
 """DVC stage `download NAME`: materialise data/raw/NAME (built-in, downloaded or a local copy).
 
 Reads ``data.<NAME>`` (source, local_path, builtin, splits); every configured split is listed
-afterwards, so a missing split file fails here rather than in `prepare`. The active set's
+afterwards, so a missing split file, or a held-out split listing a train id
+(pipeline/data/leakage.py), fails here rather than in `prepare`. The active set's
 ``run.datasets`` (what dvc.yaml's download/prepare stages build) is checked first: it must hold
 every dataset the set's experiments read.
 """

@@ -1,5 +1,7 @@
 """DVC stage `prepare NAME`: validate every example of data/raw/NAME and write Parquet shards
-(Ray Data) to data/prepared/NAME/<split>, one folder per entry of ``data.<NAME>.splits``."""
+(Ray Data) to data/prepared/NAME/<split>, one folder per entry of ``data.<NAME>.splits``.
+A held-out split sharing an id or an identical image with the train split is refused
+(pipeline/data/leakage.py): by id before Ray starts, by content before anything is replaced."""
 
 import argparse
 

@@ -12,6 +12,7 @@ from pipeline.data.prepare import read_prepared
 from pipeline.experiment import (
     check_batch_fits,
     check_input_columns,
+    check_no_leakage,
     experiment,
     prepared_dir,
     run_name,
@@ -35,6 +36,7 @@ def main() -> None:
     ray_params = params.section("ray")
     images = check_batch_fits(params, key, config, ray_params.get("num_workers", 0))
     check_input_columns(params, key, config)
+    check_no_leakage(params, key)
     limits = announce_limits(params)
     init_ray(params)
     with stage_run(params, f"train {key}", tags={"densepipe.kind": "train", "model": key}) as run:

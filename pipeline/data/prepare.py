@@ -3,6 +3,8 @@
 Why Ray Data: decoding and validating thousands of images is embarrassingly parallel, and the
 same code scales from this laptop to a cluster. Why Parquet of *encoded* bytes: shards are a few
 large files (fast for DVC), hold variable-sized images, and decode losslessly in the loader.
+Every row also gets ``image_sha256`` (``pipeline.data.leakage.pixel_digest``), computed in the
+same pass, so the leakage guard compares splits by content without decoding them again.
 
 Shards are named ``part-00000.parquet``... and written with overwrite into a temporary folder
 that is renamed into place, so a rerun gives identical names and bytes (DVC caches them) and a
@@ -17,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.data.datasets.base import Dataset
+from pipeline.data.leakage import DIGEST_COLUMN, pixel_digest
 from pipeline.errors import DataError
 from pipeline.runtime.fsutil import atomic_path
 
@@ -57,14 +60,21 @@ def _unwrap_data_error(exc: BaseException) -> DataError | None:
 
 
 def prepare_split(dataset: Dataset, root: Path, split: str, out_dir: Path) -> int:
-    """Write ``split`` of ``dataset`` (found at ``root``) as Parquet shards in ``out_dir``.
+    """Write ``split`` of ``dataset`` (found at ``root``) as Parquet shards in ``out_dir``,
+    atomically. Returns the number of examples. Raises DataError naming the first bad file."""
+    with atomic_path(out_dir) as tmp:
+        return write_split(dataset, root, split, tmp)
 
-    Returns the number of examples. Raises DataError naming the first bad file.
-    """
+
+def write_split(
+    dataset: Dataset, root: Path, split: str, out_dir: Path, ids: list[str] | None = None
+) -> int:
+    """:func:`prepare_split` into a fresh folder (the caller makes it atomic): ``ids`` are the
+    split's listed ids when the caller has them already."""
     import ray
     from ray.data import SaveMode
 
-    ids = dataset.list_ids(root, split)
+    ids = dataset.list_ids(root, split) if ids is None else ids
     if len(set(ids)) != len(ids):
         raise DataError(f"split {split!r} of {root} lists duplicate ids")
     ctx = ray.data.DataContext.get_current()
@@ -78,7 +88,9 @@ def prepare_split(dataset: Dataset, root: Path, split: str, out_dir: Path) -> in
     root = Path(root)
 
     def load(row: dict) -> dict:
-        return dataset.load_example(root, row["id"])
+        example = dataset.load_example(root, row["id"])
+        source = f"image of {row['id']!r} in {root}"
+        return {**example, DIGEST_COLUMN: pixel_digest(example["image"], source)}
 
     # Loading runs as one task per ROWS_PER_TASK ids, in parallel. The streaming repartition
     # (which Ray does not fuse into the map) then regroups the loaded rows, in order, into
@@ -89,19 +101,18 @@ def prepare_split(dataset: Dataset, root: Path, split: str, out_dir: Path) -> in
         .map(load)
         .repartition(target_num_rows_per_block=ROWS_PER_SHARD, strict=True)
     )
-    with atomic_path(out_dir) as tmp:
-        try:
-            ds.write_parquet(
-                str(tmp),
-                filename_provider=_filename_provider(),
-                min_rows_per_file=ROWS_PER_SHARD,
-                mode=SaveMode.OVERWRITE,
-            )
-        except Exception as exc:
-            data_error = _unwrap_data_error(exc)
-            if data_error is not None:
-                raise data_error from None
-            raise
+    try:
+        ds.write_parquet(
+            str(out_dir),
+            filename_provider=_filename_provider(),
+            min_rows_per_file=ROWS_PER_SHARD,
+            mode=SaveMode.OVERWRITE,
+        )
+    except Exception as exc:
+        data_error = _unwrap_data_error(exc)
+        if data_error is not None:
+            raise data_error from None
+        raise
     return len(ids)
 
 

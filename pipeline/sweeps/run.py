@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mlflow
 
+from pipeline.experiment import check_no_leakage
 from pipeline.params import Params, repo_root
 from pipeline.runtime.console import announce_limits
 from pipeline.runtime.raycluster import init_ray
@@ -17,6 +18,7 @@ from pipeline.sweeps.tuning import run_sweep
 def run_named_sweep(params: Params, name: str) -> dict:
     """Run ``sweeps.<name>``; returns the summary written to ``metrics/sweep-<name>.json``."""
     spec = sweep_spec(params, name)  # every bad value fails here, before Ray starts
+    check_no_leakage(params, spec.experiment)
     announce_limits(params)
     init_ray(params)
     root = repo_root()

@@ -10,6 +10,8 @@ Prepared-data schema (one row per example; extra modality columns are optional):
     image: binary         encoded image (JPEG or PNG), RGB
     label: binary         encoded single-channel PNG of class indices, 255 = void
     height, width: int32  image size (the label has the same size)
+    image_sha256: string  added by prepare, not the parser: sha256 of the decoded RGB pixels
+                          (pipeline.data.leakage)
     <extras>: binary      e.g. depth (16-bit PNG, mm), hha (PNG), normals (16-bit PNG, see
                           pipeline.data.encodings.normals.normals_to_png), geo_label (PNG),
                           boundaries

@@ -25,6 +25,7 @@ checks the whole section first, so a bad value is a ParamsError naming its key b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -39,7 +40,8 @@ from pipeline.data.datasets.base import check_example_files, decode_label, read_
 from pipeline.data.datasets.nyud import FULL_SIZE
 from pipeline.data.datasets.registry import get_dataset
 from pipeline.data.datasets.sbd import build_train_aug_from, write_segmentation_class_aug
-from pipeline.data.prepare import prepare_split
+from pipeline.data.leakage import check_prepared, check_split_ids
+from pipeline.data.prepare import write_split
 from pipeline.data.sources import download
 from pipeline.errors import DataError, ParamsError
 from pipeline.params import Params, choice, repo_root
@@ -405,27 +407,40 @@ def acquire(config: DataConfig, raw: Path, progress: bool = True) -> Path:
 
 def check_splits(config: DataConfig, root: Path) -> dict[str, int]:
     """List every configured split and check every listed example's files exist (a missing list,
-    folder or file is a DataError with the count and the first few), before prepare runs."""
+    folder or file is a DataError with the count and the first few) and that no held-out split
+    lists an id of the train split (``pipeline.data.leakage``), before prepare runs."""
     dataset = config.dataset()
-    counts = {}
+    ids = {}
     for prepared, split in config.splits.items():
-        ids = dataset.list_ids(root, split)
-        check_example_files(dataset, root, split, ids)
-        counts[prepared] = len(ids)
-    return counts
+        ids[prepared] = dataset.list_ids(root, split)
+        check_example_files(dataset, root, split, ids[prepared])
+    check_split_ids(config.name, config.splits, ids)
+    return {prepared: len(listed) for prepared, listed in ids.items()}
 
 
 def prepare_dataset(
     config: DataConfig, raw: Path, out_root: Path, log: Callable[[str], None] = print
 ) -> dict[str, int]:
-    """Prepare every configured split to ``out_root/<prepared name>`` (Ray must be up)."""
+    """Prepare every configured split to ``out_root/<prepared name>`` (Ray must be up).
+
+    The leakage guard (``pipeline.data.leakage``) runs twice: on the listed ids before any Ray
+    work, and on the image digests of the written rows before any split is moved into place,
+    so a leaking configuration leaves the previous prepared folders as they were.
+    """
     root = dataset_root(config.name, raw)
     if not root.exists():
         raise DataError(f"{root} not found: run the download stage for {config.name} first")
     dataset = config.dataset()
+    ids = {prepared: dataset.list_ids(root, split) for prepared, split in config.splits.items()}
+    check_split_ids(config.name, config.splits, ids)
     counts = {}
-    for prepared, split in config.splits.items():
-        out = Path(out_root) / prepared
-        counts[prepared] = prepare_split(dataset, root, split, out)
-        log(f"{config.name}/{split}: {counts[prepared]} examples -> {os.path.relpath(out)}")
+    with contextlib.ExitStack() as stack:
+        written = {}
+        for prepared, split in config.splits.items():
+            written[prepared] = stack.enter_context(atomic_path(Path(out_root) / prepared))
+            counts[prepared] = write_split(dataset, root, split, written[prepared], ids[prepared])
+            out = os.path.relpath(Path(out_root) / prepared)
+            log(f"{config.name}/{split}: {counts[prepared]} examples -> {out}")
+        check_prepared(config.name, written, config.splits)
+    log(f"{config.name}: no held-out split shares an id or an image with the train split")
     return counts
