@@ -16,12 +16,20 @@ from pipeline.errors import DensepipeError
 
 def _describe(args: argparse.Namespace) -> None:
     import torch
+    import yaml
 
+    from pipeline.errors import ParamsError
     from pipeline.models import build_model
     from pipeline.models.geometry import describe
 
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"--option {item!r}: expected KEY=VALUE, e.g. modality=rgb-hha")
+        options[key] = yaml.safe_load(value)
     with torch.device("meta"):  # full-width nets without allocating their weights
-        model = build_model(args.model, args.num_classes, width=args.width)
+        model = build_model(args.model, args.num_classes, width=args.width, **options)
     print(json.dumps(describe(model), indent=1))
 
 
@@ -79,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a model name (see `densepipe models`)")
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--width", type=float, default=1.0, help="channel scale (1.0 = the paper's)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model option as in params.yaml model_options (YAML value), repeatable: "
+        "modality=rgbd, modality=rgb-hha, 'extra_heads={geo_label: 3}'",
+    )
     p.set_defaults(func=_describe)
 
     p = sub.add_parser(

@@ -240,3 +240,20 @@ def test_a_depth_model_on_rows_without_depth_names_the_column():
     del rows["geo_label"]
     with pytest.raises(DataError, match="geo_label"):
         batch_to_tensors(rows, InputSpec(extra_labels=("geo_label",)))
+
+
+def test_describe_reports_the_new_models(capsys):
+    import json
+
+    from pipeline.cli import main
+
+    counts = {}
+    for option in ("modality=rgb", "modality=rgbd", "modality=rgb-hha"):
+        assert main(["describe", "fcn32s", "--num-classes", "40", "--option", option]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["rf_size"] == 404 and out["max_stride"] == 32
+        counts[option] = out["parameters_excluding_upsampling"]
+    assert counts["modality=rgbd"] - counts["modality=rgb"] == 64 * 3 * 3
+    assert counts["modality=rgb-hha"] == 2 * counts["modality=rgb"]
+    assert main(["describe", "fcn16s", "--option", "oops"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
