@@ -75,17 +75,29 @@ data:
     options: {crop: true, hha: true, hha_mask_missing: false}
     builtin: null
   siftflow:
-    source: url
+    source: {tiny: builtin, paper: url}
     local_path: null
     splits: {train: trainval, val: test}
     options: {task: semantic}
-    builtin: null
+    builtin: {num_trainval: 64, num_test: 24, height: 96, width: 96, seed: 0}
   context:
     source: url
     local_path: null
     splits: {train: train, val: val}
     options: {classes: 59}
     builtin: null
+  context59:
+    source: {tiny: builtin, paper: url}
+    local_path: null
+    splits: {train: train, val: val}
+    options: {classes: 59}
+    builtin: &context_builtin {num_train: 80, num_val: 24, height: 96, width: 128, seed: 0}
+  context33:
+    source: {tiny: builtin, paper: url}
+    local_path: null
+    splits: {train: train, val: val}
+    options: {classes: 33}
+    builtin: *context_builtin
 """
 
 
@@ -108,6 +120,8 @@ def test_every_dataset_section_validates_in_both_profiles(tmp_path):
         for name in dataset_names():
             config = data_config(params, name, root=tmp_path)
             assert config.splits and config.source in ("builtin", "url")
+            if config.source == "builtin":
+                config.builtin_spec()
         assert build_list(params) == ["voc", "bsds"]
     tiny, paper = _params("tiny"), _params("paper")
     assert data_config(tiny, "voc").source == "builtin"
@@ -119,7 +133,9 @@ def test_every_dataset_section_validates_in_both_profiles(tmp_path):
     ("name", "section", "key"),
     [
         ("bsds", {"source": "ftp"}, "data.bsds.source"),
-        ("siftflow", {"source": "builtin"}, "data.siftflow.source"),
+        ("sbd", {"source": "builtin"}, "data.sbd.source"),
+        ("siftflow", {"builtin": {"num_test": 0}}, "data.siftflow.builtin"),
+        ("context33", {"options": {"classes": 59}}, "data.context33.options"),
         ("nyud", {"source": "builtin", "builtin": {"height": 16}}, "data.nyud.builtin"),
         ("nyud", {"source": "builtin", "builtin": {}}, "data.nyud.options.crop"),
         ("bsds", {"source": "local", "local_path": None}, "data.bsds.local_path"),

@@ -365,6 +365,7 @@ def test_registry_builds_every_dataset_with_protocol() -> None:
         assert isinstance(ds.name, str) and callable(ds.list_ids) and callable(ds.load_example)
     assert get_dataset("bsds", min_annotators=1).min_annotators == 1
     assert get_dataset("context", classes=33).num_classes == 33
+    assert get_dataset("context33", classes=33).num_classes == 33  # restating a fixed option
 
 
 def test_registry_errors_name_the_problem() -> None:
@@ -374,6 +375,8 @@ def test_registry_errors_name_the_problem() -> None:
         get_dataset("bsds", colour="red")
     with pytest.raises(ParamsError, match="task"):
         get_dataset("siftflow_geo", task="semantic")
+    with pytest.raises(ParamsError, match="'context59' fixes classes=59"):
+        get_dataset("context59", classes=33)
 
 
 def test_registry_imports_dataset_modules_lazily() -> None:

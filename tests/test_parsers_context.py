@@ -40,6 +40,7 @@ def test_real_name_lists(shared_data: Path) -> None:
     assert (np.bincount(lut59)[1:] == 1).all()
     lut33 = task_lut(full, list(CONTEXT_33), 33)
     assert sorted(set(lut33.tolist()) - {VOID}) == list(range(33))
+    assert (np.bincount(lut33[lut33 != VOID]) == 1).all()  # each 33 class is one full class
 
 
 def test_fcn_renames_and_background(shared_data: Path) -> None:

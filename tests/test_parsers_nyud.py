@@ -126,6 +126,26 @@ def test_bad_ids_and_corrupt_file(nyud_root, tmp_path) -> None:
         ds.load_example(tmp_path, "5001")
 
 
+def test_frame_without_depth_fails_before_hha(nyud_root, tmp_path, monkeypatch) -> None:
+    root, frames, _ = nyud_root
+
+    def no_hha(*args, **kwargs):
+        raise AssertionError("HHA computed for a frame without depth")
+
+    monkeypatch.setattr(nyud_module.hha, "depth_to_hha", no_hha)
+    (tmp_path / "classMapping40.mat").symlink_to(root / "classMapping40.mat")
+    for fill in (0.0, np.nan):
+        bad = {k: v[:2, :24, :32].copy() for k, v in frames.items()}
+        bad["depth"][1] = fill
+        write_labeled_mat(tmp_path / "nyu_depth_v2_labeled.mat", bad)
+        ds = NYUD(crop=False)
+        assert "hha" not in NYUD(crop=False, hha=False, normals=False).load_example(
+            tmp_path, "5001"
+        )
+        with pytest.raises(DataError, match=r"labeled\.mat frame 5002: depth is all zero or NaN"):
+            ds.load_example(tmp_path, "5002")
+
+
 def test_hha_column_uses_mm_depth_and_cropped_camera(nyud_root, monkeypatch) -> None:
     root, frames, _ = nyud_root
     calls = {}

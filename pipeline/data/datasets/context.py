@@ -175,10 +175,12 @@ class PascalContext:
         if full.ndim != 2:
             raise DataError(f"LabelMap in {label_path} has shape {full.shape}, expected HxW")
         lut = self.label_lut(root)
+        if full.dtype.kind not in "iub" and not np.array_equal(full, np.round(full)):
+            raise DataError(f"LabelMap in {label_path} has non-integer values (NaN or fractions)")
         if full.size and (full.min() < 0 or full.max() >= len(lut)):
             raise DataError(
                 f"LabelMap in {label_path} has values in [{full.min()}, {full.max()}], "
-                f"expected 0..{len(lut) - 1}"
+                f"expected 0 (unlabelled) or 1..{len(lut) - 1} (the classes of labels.txt)"
             )
         label = lut[full.astype(np.int64)]
         return example_record(

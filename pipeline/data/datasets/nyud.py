@@ -246,6 +246,9 @@ class NYUD:
         root = Path(root)
         source = f"{root / LABELED_MAT} frame {example_id}"
         frame = self.read_frame(root, example_id)
+        depth = frame["depth"]
+        if not (np.isfinite(depth) & (depth > 0)).any():  # before HHA and normals fit nothing
+            raise DataError(f"{source}: depth is all zero or NaN (no measurement in the frame)")
         raw = frame["labels"]
         if raw.size and int(raw.max()) > NUM_RAW_CLASSES:
             raise DataError(f"{source}: raw label {int(raw.max())} > {NUM_RAW_CLASSES}")

@@ -46,10 +46,12 @@ def get_dataset(name: str, **options: Any) -> Dataset:
     except (ImportError, AttributeError) as exc:
         msg = f"dataset {name!r} is not available ({module_name}.{class_name}): {exc}"
         raise ParamsError(msg) from exc
-    clash = set(fixed) & set(options)
+    # an alias's fixed option may be restated (context59 with classes: 59), not changed
+    clash = sorted(k for k in set(fixed) & set(options) if options[k] != fixed[k])
     if clash:
-        raise ParamsError(f"dataset {name!r} fixes option(s) {sorted(clash)}; do not set them")
+        fixes = ", ".join(f"{k}={fixed[k]!r}" for k in clash)
+        raise ParamsError(f"dataset {name!r} fixes {fixes}; do not set other values")
     try:
-        return cls(**fixed, **options)
+        return cls(**{**options, **fixed})
     except (TypeError, ValueError) as exc:
         raise ParamsError(f"bad options {options} for dataset {name!r}: {exc}") from exc

@@ -108,6 +108,8 @@ def load_mat_s(path: Path) -> np.ndarray:
     label = np.asarray(mat["S"])
     if label.ndim != 2:
         raise DataError(f"'S' in {path} has shape {label.shape}, expected HxW")
+    if label.dtype.kind not in "iub" and not np.array_equal(label, np.round(label)):
+        raise DataError(f"'S' in {path} has non-integer values (NaN or fractions)")
     return label.astype(np.int64)
 
 
@@ -212,10 +214,15 @@ class SIFTFlow:
         """The label of ``kind`` in the project schema, validated against the image size."""
         raw, path = self.read_raw_label(root, kind, example_id)
         num = len(SIFTFLOW_CLASSES) if kind == "semantic" else len(GEO_CLASSES)
-        low, high = (0, num) if kind == "semantic" else (-1, num)
-        if raw.size and (raw.min() < low or raw.max() > high):
-            bad = sorted({int(v) for v in np.unique(raw[(raw < low) | (raw > high)])})[:5]
-            raise DataError(f"{kind} label {path} has raw values {bad} outside [{low}, {high}]")
+        # semantic: 0 void, 1..33; geometric: -1 void, 1..3 (0 is no value of the release)
+        allowed = range(0, num + 1) if kind == "semantic" else (-1, *range(1, num + 1))
+        valid = np.isin(raw, allowed)
+        if not valid.all():
+            bad = sorted({int(v) for v in np.unique(raw[~valid])})[:5]
+            expected = f"0..{num}" if kind == "semantic" else f"-1 or 1..{num}"
+            raise DataError(
+                f"{kind} label {path} (id {example_id!r}) has raw values {bad}, expected {expected}"
+            )
         if kind == "semantic":
             label = semantic_to_schema(raw)
         else:

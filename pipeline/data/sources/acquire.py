@@ -8,7 +8,7 @@ Every dataset the pipeline can build has a section ``data.<name>`` in params.yam
         local_path: null                      # source local: an existing extracted copy
         splits: {train: train, val: val}      # prepared split name -> the dataset's split
         options: {min_annotators: 3}          # keyword arguments of the dataset class
-        builtin: {num_train: 60, ...}         # the generator's spec (voc*, bsds, nyud)
+        builtin: {num_train: 60, ...}         # the generator's spec (BUILTINS: voc*, bsds, ...)
 
 What `dvc repro` downloads and prepares (stages download@NAME / prepare@NAME, foreach) is the
 active experiment set's ``datasets`` list (``run.datasets``): each set in ``experiments``
@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.builtin.bsds import BSDSBuiltinSpec, write_builtin_bsds
+from pipeline.data.builtin.context import ContextBuiltinSpec, write_builtin_context
 from pipeline.data.builtin.nyud import NYUDBuiltinSpec, write_builtin_nyud
+from pipeline.data.builtin.siftflow import SIFTFlowBuiltinSpec, write_builtin_siftflow
 from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
 from pipeline.data.datasets.base import check_example_files, decode_label, read_split_file
 from pipeline.data.datasets.nyud import FULL_SIZE
@@ -57,7 +59,7 @@ class Layout:
     ``root``: the folder the parser opens, relative to the raw folder (the archive's layout).
     ``marker``: a path that exists inside that root (finds the root inside a local copy).
     ``fetch``: raw-relative path -> sources.yaml entry whose dataset root is linked there.
-    ``builtin``: the generator (``voc``/``voc_aug``/``voc_fcn``/``bsds``/``nyud``), or None.
+    ``builtin``: the generator (a key of :data:`BUILTINS`), or None.
     ``finish``: builds derived files after a download (voc_aug's ``SegmentationClassAug``).
     """
 
@@ -138,6 +140,17 @@ def _builtin_voc_fcn(raw_dir: Path, spec, progress: bool) -> None:
         (sbd / "train.txt").write_text("\n".join(train) + "\n")
 
 
+#: built-in generator -> (its spec class, the writer ``(raw dir, spec, progress)``)
+BUILTINS: dict[str, tuple[type, Callable[[Path, Any, bool], Any]]] = {
+    "voc": (BuiltinSpec, write_builtin_voc),
+    "voc_aug": (BuiltinSpec, _builtin_voc_aug),
+    "voc_fcn": (BuiltinSpec, _builtin_voc_fcn),
+    "bsds": (BSDSBuiltinSpec, write_builtin_bsds),
+    "nyud": (NYUDBuiltinSpec, write_builtin_nyud),
+    "siftflow": (SIFTFlowBuiltinSpec, write_builtin_siftflow),
+    "context": (ContextBuiltinSpec, write_builtin_context),
+}
+
 LAYOUTS: dict[str, Layout] = {
     "voc": Layout(
         "voc", "VOCdevkit/VOC2012", "JPEGImages", {"VOCdevkit/VOC2012": "voc2012"}, "voc"
@@ -168,15 +181,25 @@ LAYOUTS: dict[str, Layout] = {
     "bsds": Layout("bsds", "BSR/BSDS500/data", "images", {"BSR/BSDS500/data": "bsds500"}, "bsds"),
     "nyud": Layout("nyud", "NYUDv2", "nyu_depth_v2_labeled.mat", {"NYUDv2": "nyudv2"}, "nyud"),
     "siftflow": Layout(
-        "siftflow", "SiftFlowDataset", "SemanticLabels", {"SiftFlowDataset": "siftflow"}
+        "siftflow",
+        "SiftFlowDataset",
+        "SemanticLabels",
+        {"SiftFlowDataset": "siftflow"},
+        "siftflow",
     ),
-    # PascalContext finds VOC2010 beside its root by default (or set options.voc_root)
-    "context": Layout(
-        "context",
-        "PASCAL-Context",
-        "trainval",
-        {"PASCAL-Context": "pascal_context", "VOCdevkit/VOC2010": "voc2010"},
-    ),
+    # PascalContext finds VOC2010 beside its root by default (or set options.voc_root).
+    # context59 / context33 are the two tasks (FCN's 59, PixelNet's 33) as dataset names of
+    # their own, so both can be prepared side by side; `context` takes options.classes
+    **{
+        name: Layout(
+            name,
+            "PASCAL-Context",
+            "trainval",
+            {"PASCAL-Context": "pascal_context", "VOCdevkit/VOC2010": "voc2010"},
+            "context",
+        )
+        for name in ("context", "context59", "context33")
+    },
 }
 
 
@@ -209,14 +232,9 @@ class DataConfig:
 
     def builtin_spec(self):
         """The built-in generator's spec from ``data.<name>.builtin``."""
-        if self.layout.builtin in ("voc", "voc_aug", "voc_fcn"):
-            spec_cls = BuiltinSpec
-        elif self.layout.builtin == "bsds":
-            spec_cls = BSDSBuiltinSpec
-        elif self.layout.builtin == "nyud":
-            spec_cls = NYUDBuiltinSpec
-        else:
+        if self.layout.builtin not in BUILTINS:
             raise ParamsError(f"data.{self.name}.source: {self.name!r} has no built-in data")
+        spec_cls = BUILTINS[self.layout.builtin][0]
         try:
             return spec_cls(**self.builtin)
         except (TypeError, ValueError) as exc:
@@ -380,16 +398,7 @@ def acquire(config: DataConfig, raw: Path, progress: bool = True) -> Path:
     """Materialise the dataset under ``raw`` (``data/raw/<name>``); return the parser root."""
     raw, layout = Path(raw), config.layout
     if config.source == "builtin":
-        if layout.builtin == "voc":
-            write_builtin_voc(raw, config.builtin_spec(), progress=progress)
-        elif layout.builtin == "voc_aug":
-            _builtin_voc_aug(raw, config.builtin_spec(), progress)
-        elif layout.builtin == "voc_fcn":
-            _builtin_voc_fcn(raw, config.builtin_spec(), progress)
-        elif layout.builtin == "nyud":
-            write_builtin_nyud(raw, config.builtin_spec(), progress=progress)
-        else:
-            write_builtin_bsds(raw, config.builtin_spec(), progress=progress)
+        BUILTINS[layout.builtin][1](raw, config.builtin_spec(), progress)
     elif config.source == "local":
         _link(dataset_root(config.name, raw), find_local_root(config))
     else:
