@@ -257,3 +257,39 @@ def test_describe_reports_the_new_models(capsys):
     assert counts["modality=rgb-hha"] == 2 * counts["modality=rgb"]
     assert main(["describe", "fcn16s", "--option", "oops"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_model_reading_columns_its_dataset_lacks_is_refused_before_training(tmp_path):
+    """An RGB-D model on VOC (no depth), a two-headed one without geo_label: ParamsErrors
+    naming the experiment and the column, from the prepared schema alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+    from tests_helpers import REPO
+
+    from pipeline.experiment import check_input_columns, train_config
+    from pipeline.params import Params
+
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    train = data["experiments"]["all"]["train"]
+    train["fcn32s-voc-rgbd"] = {**train["fcn32s"], "model_options": {"modality": "rgbd"}}
+    train["fcn32s-nyud-geo"] = {
+        **train["fcn32s-nyud-rgb"],
+        "model_options": {"extra_heads": {"geo_label": 3}},
+    }
+    params = Params(data)
+    for dataset, columns in (
+        ("voc_fcn", ["id", "image", "label"]),
+        ("nyud", ["id", "image", "label", "depth", "hha"]),
+    ):
+        folder = tmp_path / "data" / "prepared" / dataset / "train"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({c: ["x"] for c in columns}), folder / "part-00000-0.parquet")
+    config = train_config(params, "fcn32s-voc-rgbd", root=tmp_path)
+    with pytest.raises(ParamsError, match=r"experiments.fcn32s-voc-rgbd.*\['depth'\].*'voc_fcn'"):
+        check_input_columns(params, "fcn32s-voc-rgbd", config, root=tmp_path)
+    config = train_config(params, "fcn32s-nyud-geo", root=tmp_path)
+    with pytest.raises(ParamsError, match=r"\['geo_label'\].*'nyud'"):
+        check_input_columns(params, "fcn32s-nyud-geo", config, root=tmp_path)
+    for ok in ("fcn32s-nyud-rgbd", "fcn32s-nyud-rgb-hha", "fcn32s"):
+        check_input_columns(params, ok, train_config(params, ok, root=tmp_path), root=tmp_path)
