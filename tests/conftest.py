@@ -40,6 +40,7 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never a cluster another test or process of the machine runs
             num_cpus=2,
             object_store_memory=200 * 1024 * 1024,
             include_dashboard=False,

@@ -24,6 +24,7 @@ def init_ray(params: Params | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     ray.init(
+        address="local",  # a fresh runtime: never another Ray instance of this machine
         num_cpus=section.get("num_cpus"),
         object_store_memory=int(section.get("object_store_mb", 512)) * 1024 * 1024,
         include_dashboard=False,
