@@ -29,6 +29,7 @@ from torch import nn
 
 from pipeline.errors import ParamsError
 from pipeline.models import geometry
+from pipeline.models.anysize import pad_bottom_right
 from pipeline.models.vgg import VGG16_BLOCKS, fc_head, scaled, vgg16_features
 
 __all__ = [
@@ -111,11 +112,12 @@ def upsample_scores(scores: torch.Tensor, size: Sequence[int], stride: int) -> t
     with ``align_corners=True`` arithmetic), followed by the crop to the image that its test
     scripts do.  For any input size each pixel ``x`` gets the bilinear value at unit ``x/stride``;
     resizing ``h`` units straight to the image size would stretch the grid unless
-    ``size = stride (h - 1) + 1``.
+    ``size = stride (h - 1) + 1``.  ``size`` is not cast to ``int`` (traced sizes while exporting
+    must stay traced, see ``pipeline.models.fcn.crop``).
     """
     h, w = scores.shape[-2:]
     full = ((h - 1) * stride + 1, (w - 1) * stride + 1)
-    H, W = int(size[0]), int(size[1])
+    H, W = size[0], size[1]
     if full[0] < H or full[1] < W:
         raise RuntimeError(f"{h}x{w} scores at stride {stride} do not cover a {H}x{W} image")
     if full != (h, w):
@@ -269,15 +271,14 @@ class DeepLab(nn.Module):
 
         A strided conv rounds down where ceil-mode pooling rounds up: for inputs other than
         ``8k + 1`` the last (off-image) unit is computed on zero padding instead of missing.
+        (Sizes stay traced values while exporting: no ``int`` casts, no Python ``max``.)
         """
         s = self._msc_strides[tap]
         mlp = self.msc[tap]
         k, p = mlp.conv.kernel_size[0], mlp.conv.padding[0]
-        need_h = (int(size[0]) - 1) * s + k - 2 * p - x.shape[-2]
-        need_w = (int(size[1]) - 1) * s + k - 2 * p - x.shape[-1]
-        if need_h > 0 or need_w > 0:
-            x = F.pad(x, (0, max(need_w, 0), 0, max(need_h, 0)))
-        return mlp(x)[..., : int(size[0]), : int(size[1])]
+        need_h = (size[0] - 1) * s + k - 2 * p - x.shape[-2]
+        need_w = (size[1] - 1) * s + k - 2 * p - x.shape[-1]
+        return mlp(pad_bottom_right(x, need_h, need_w))[..., : size[0], : size[1]]
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(fc7 output, concatenated MSc features or None), both on the stride-8 grid."""

@@ -11,7 +11,8 @@ would first copy) stays torch's matmul. PixelNet's sampled and dense paths use t
 
 The function is unchanged (float32 rounding differs: relative error ~1e-6, ``tests/
 test_fastlinear.py``); anything other than a CPU float32 input outside autocast (CUDA, bf16
-autocast, which is oneDNN already, float64) takes ``F.linear``, as does a build without the op.
+autocast, which is oneDNN already, float64) takes ``F.linear``, as does a build without the op
+and a trace (``densepipe export``: a graph holds ``F.linear``, never a Python autograd function).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def _fast_input(x: torch.Tensor, weight: torch.Tensor, kernel: str) -> bool:
         and weight.dtype == torch.float32
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()  # an exported graph holds F.linear, not a Python op
         and (kernel != "onednn" or onednn_available())
     )
 

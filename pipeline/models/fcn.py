@@ -67,8 +67,12 @@ class Skip:
 
 
 def crop(x: torch.Tensor, offset: int, size: Sequence[int]) -> torch.Tensor:
-    """``x[..., offset:offset+h, offset:offset+w]`` (Caffe ``Crop`` with axis 2), checked."""
-    h, w = int(size[0]), int(size[1])
+    """``x[..., offset:offset+h, offset:offset+w]`` (Caffe ``Crop`` with axis 2), checked.
+
+    ``size`` is used as given, not cast to ``int``: while tracing for export its entries are
+    traced sizes, and a cast would freeze the crop to the example's size.
+    """
+    h, w = size[0], size[1]
     if x.shape[-2] < offset + h or x.shape[-1] < offset + w:
         raise RuntimeError(
             f"cannot crop {h}x{w} at offset {offset} from {tuple(x.shape[-2:])}: input too small"

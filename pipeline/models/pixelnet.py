@@ -47,6 +47,7 @@ __all__ = [
     "pixelnet_vgg16",
     "predict_edges_dense",
     "sample_features",
+    "upsample_full",
     "upsample_rows",
 ]
 
@@ -144,6 +145,23 @@ def upsample_rows(feature: torch.Tensor, tap: Tap, rows: range, width: int) -> t
     if extra_rows or extra_cols:
         slab = F.pad(slab, (0, extra_cols, 0, extra_rows), mode="replicate")
     return slab.permute(0, 2, 3, 1)
+
+
+def upsample_full(feature: torch.Tensor, tap: Tap, image: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)``: :func:`upsample_rows` over every row of ``image`` (H x W), in ops a
+    trace keeps size-generic: the map gains one replicated unit at its bottom and right, is
+    upsampled by the tap's stride on the half-pixel grid, then cut to the image. Pixels past the
+    last unit centre thus take the border unit's value, as ``upsample_rows`` gives them (floor
+    pooling leaves at most ``stride - 1`` of them, so the extra unit always covers the image).
+    """
+    if not _is_half_pixel(tap):
+        raise ValueError(f"{tap.name}: units off the half-pixel grid, no one-pass upsampling")
+    if tap.stride > 1:
+        feature = F.pad(feature, (0, 1, 0, 1), mode="replicate")
+        feature = F.interpolate(
+            feature, scale_factor=tap.stride, mode="bilinear", align_corners=False
+        )
+    return feature[..., : image.shape[-2], : image.shape[-1]]
 
 
 def _conv_head(in_channels: int, fc_channels: int, dropout: float) -> nn.Sequential:
@@ -300,7 +318,7 @@ class PixelNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The tapped feature maps of a batch (B x 3 x H x W) by layer name."""
-        need = 2 ** (len(self._pools()))
+        need = self.min_input_size
         if x.shape[-2] < need or x.shape[-1] < need:
             raise ValueError(
                 f"input {tuple(x.shape[-2:])} is smaller than the trunk's {need}-pixel pooling"
@@ -323,6 +341,11 @@ class PixelNet(nn.Module):
 
     def _pools(self) -> list[str]:
         return [n for n, m in self.backbone.named_children() if isinstance(m, nn.MaxPool2d)]
+
+    @property
+    def min_input_size(self) -> int:
+        """The smallest height and width the trunk takes: floor-mode pooling leaves one unit."""
+        return 2 ** len(self._pools())
 
     def hypercolumns(self, feats: Mapping[str, torch.Tensor], points: torch.Tensor) -> torch.Tensor:
         """``(K, D)`` hypercolumns at ``(image, y, x)`` points (on-demand interpolation)."""
@@ -373,6 +396,14 @@ class PixelNet(nn.Module):
         ``tile_pixels >= B*H*W`` is one untiled pass."""
         tile = self.tile_pixels if tile_pixels is None else tile_pixels
         return self._dense_from(self.features(x), tuple(x.shape[-2:]), tile)
+
+    def predict_dense_traceable(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_dense` in one pass of size-generic tensor ops (no row bands, no Python
+        arithmetic on sizes), so a trace of it (TorchScript, ONNX) holds for every input size.
+        Memory grows with the image: the whole hypercolumn grid exists at once."""
+        feats = self.features(x)
+        grid = torch.cat([upsample_full(feats[t.name], t, x) for t in self.taps], 1)
+        return self.mlp(grid.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward_masked(self, x: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """The naive "mask before the MLP" baseline of Table 4: the dense hypercolumn grid is
