@@ -7,14 +7,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from pipeline.errors import ParamsError
+from pipeline.errors import DataError, ParamsError
 from pipeline.models.backbones import build_fcn32s
 from pipeline.models.deeplab import VARIANTS as _DEEPLAB_VARIANTS
 from pipeline.models.deeplab import DeepLab, deeplab_vgg16
@@ -26,7 +27,9 @@ from pipeline.models.weights import (
     convolutionalize,
     init_from_checkpoint,
     load_pretrained,
+    load_state_strict,
     load_vgg16_weights,
+    read_state_dict,
 )
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "describe",
     "init_from_checkpoint",
     "list_models",
+    "load_weights_file",
     "load_vgg16_weights",
     "param_groups",
 ]
@@ -123,4 +127,36 @@ def build_model(name: str, num_classes: int, *, width: float = 1.0, **options: A
         raise ParamsError(f"model.dropout must be in [0, 1), got {dropout!r}")
     model = _REGISTRY[name](num_classes, width=float(width), **options)
     load_pretrained(model, pretrained)
+    return model
+
+
+def width_of_weights(name: str, state: Mapping[str, torch.Tensor], **options: Any) -> float:
+    """The channel scale a state dict of model ``name`` was trained at: its first convolution's
+    outputs over the full-width model's (64 for every VGG16, AlexNet and GoogLeNet trunk)."""
+    with torch.device("meta"):  # the full-width net without allocating it
+        full = build_model(name, 1, **options)
+    key = next(f"{n}.weight" for n, m in full.named_modules() if isinstance(m, nn.Conv2d))
+    if key not in state or getattr(state[key], "ndim", 0) != 4:
+        raise DataError(f"the weights have no {key} (4-D): not a {name!r} state dict")
+    return state[key].shape[0] / full.state_dict()[key].shape[0]
+
+
+def load_weights_file(
+    name: str,
+    path: str | Path,
+    num_classes: int,
+    *,
+    width: float | None = None,
+    key: str = "--weights",
+    **options: Any,
+) -> nn.Module:
+    """Model ``name`` with every tensor from a trained state dict file (``width`` None: read off
+    the weights); a file of another model is a DataError naming it (see ``load_state_strict``).
+    A ``pretrained`` option is dropped: the file's weights replace whatever it would load."""
+    options.pop("pretrained", None)
+    state = read_state_dict(path, key)
+    if width is None:
+        width = width_of_weights(name, state, **options)
+    model = build_model(name, num_classes, width=width, **options)
+    load_state_strict(model, state, f"{key} {path}")
     return model

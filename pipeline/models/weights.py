@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import DownloadError, ParamsError
+from pipeline.errors import DataError, DownloadError, ParamsError
 from pipeline.models.backbones import (
     ALEXNET_CONV_NAMES,
     convolutionalize_googlenet,
@@ -36,6 +36,7 @@ __all__ = [
     "init_from_checkpoint",
     "load_backbone_weights",
     "load_pretrained",
+    "load_state_strict",
     "load_vgg16_weights",
     "read_state_dict",
 ]
@@ -336,7 +337,9 @@ def read_state_dict(
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise ParamsError(f"{key}: cannot read {path} as a torch state dict: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run for pages
+        why = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise ParamsError(f"{key}: cannot read {path} as a torch state dict ({why})") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -398,3 +401,34 @@ def init_from_checkpoint(
         raise ParamsError("checkpoint shares no layer with the model: wrong file or architecture?")
     unused = sorted(set(state) - set(own))
     return {"copied": copied, "skipped": skipped, "unused": unused}
+
+
+def load_state_strict(model: nn.Module, state: StateDict, source: str) -> None:
+    """Every tensor of a trained ``model`` from ``state``; weights of another model (or of other
+    classes, width or options) are a DataError naming ``source`` and the first disagreements,
+    instead of torch's page-long report."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (model {tuple(v.shape)})"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{len(found)} {what}: {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}"
+        for what, found in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("of another shape", shapes),
+        )
+        if found
+    ]
+    if problems:
+        name = getattr(model, "name", type(model).__name__)
+        classes, width = getattr(model, "num_classes", "?"), getattr(model, "width", "?")
+        raise DataError(
+            f"{source} does not hold weights of this {name} ({classes} classes, width {width}): "
+            f"tensors {'; '.join(problems)}"
+        )
+    model.load_state_dict(state)
