@@ -66,6 +66,94 @@ def _sweep(args: argparse.Namespace) -> None:
     run_named_sweep(load_params(args.params), args.name)
 
 
+#: the flags that describe a --weights file (an experiment declares all of them itself)
+_WEIGHTS_FLAGS = ("model", "num_classes", "width", "task", "model_options", "dataset")
+
+
+def _trained(args: argparse.Namespace):
+    """(params, TrainedModel) of --experiment, or of --weights and the flags describing it."""
+    from pipeline.errors import ParamsError
+    from pipeline.evaluation.predict import parse_model_options
+    from pipeline.experiment import trained_model, weights_model
+    from pipeline.params import load_params
+
+    params = load_params(args.params)
+    if args.experiment:
+        given = [f"--{f.replace('_', '-')}" for f in _WEIGHTS_FLAGS if getattr(args, f) is not None]
+        if given:
+            raise ParamsError(
+                f"{', '.join(given)}: only with --weights (experiment {args.experiment!r} "
+                f"declares its model in {params.source})"
+            )
+        root = Path(params.source).resolve().parent if args.params else None
+        return params, trained_model(params, args.experiment, root)
+    if not args.model:
+        raise ParamsError("--weights needs --model NAME (`densepipe models` lists the names)")
+    return params, weights_model(
+        params,
+        args.weights,
+        args.model,
+        n_classes=args.num_classes,
+        width=args.width,
+        task=args.task or "segmentation",
+        options=parse_model_options(args.model_options),
+        dataset=args.dataset,
+    )
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from pipeline.evaluation.predict import crf_settings, predict_files, resolve_device
+    from pipeline.params import positive_list
+
+    params, trained = _trained(args)
+    scales = positive_list("--scales", args.scales) if args.scales else None
+    device = resolve_device(args.device)
+    crf, backend = None, "pydensecrf"
+    if args.crf:
+        crf, backend, source = crf_settings(params, trained)
+        print(f"CRF ({backend}): {source}: {crf}")
+    written = predict_files(
+        trained, args.images, args.out, device=device, scales=scales, crf=crf, crf_backend=backend
+    )
+    print(f"{trained.name} ({trained.task}) on {device}: {len(written)} files in {args.out}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from pipeline.models.export import export_model
+
+    _, trained = _trained(args)
+    diffs = export_model(
+        trained.model, args.out, args.format, spec=trained.spec, metadata=trained.metadata()
+    )
+    print(
+        f"{args.out}: {trained.name} as {args.format}, any height and width; matches PyTorch at "
+        f"{', '.join(diffs)} (max |diff| {max(diffs.values()):.2g})"
+    )
+
+
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    """--experiment, or --weights and what the file holds (predict and export)."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", help="a trained experiment: models/NAME/model.pt")
+    source.add_argument("--weights", help="a trained state-dict file (with --model)")
+    p.add_argument("--model", help="--weights: the model name (see `densepipe models`)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        help="--weights: outputs (default: edges 1, normals 3, else params.yaml model.num_classes)",
+    )
+    p.add_argument("--width", type=float, help="--weights: channel scale (default: read off it)")
+    p.add_argument(
+        "--task", choices=["segmentation", "edges", "normals"], help="--weights: its task"
+    )
+    p.add_argument(
+        "--model-options",
+        help="--weights: build_model options as YAML, e.g. '{layers: [conv1_2, conv5_3]}'",
+    )
+    p.add_argument("--dataset", help="--weights: a dataset name, for its class names")
+    p.add_argument("--params", default=None, help="params file (default: the repo's params.yaml)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.analysis.upper_bound import DEFAULT_METHOD, METHODS
 
@@ -143,6 +231,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--params", default=None, help="params file (default: the repo's params.yaml)")
     p.set_defaults(func=_sweep)
+
+    p = sub.add_parser(
+        "predict",
+        help="run a trained model on image files: label PNG + overlay (segmentation), NMS'd "
+        "edge map (edges) or RGB normals (normals) per image",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size and mode)")
+    _add_model_source(p)
+    p.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine with the dense CRF: the experiment's searched parameters, else params.yaml's",
+    )
+    p.add_argument(
+        "--scales", type=float, nargs="+", help="test scales (default: the experiment's, else 1)"
+    )
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions/)")
+    p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser(
+        "export",
+        help="write a trained model as ONNX or TorchScript taking any height and width, checked "
+        "against PyTorch before it is written",
+    )
+    _add_model_source(p)
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--out", required=True, help="the file to write")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -17,8 +17,10 @@ from pipeline.data.leakage import check_prepared
 from pipeline.data.loader import MASKS, MODALITIES, InputSpec
 from pipeline.data.prepare import prepared_columns, prepared_rows, read_prepared_table
 from pipeline.data.sources.acquire import data_config
-from pipeline.errors import ParamsError
-from pipeline.models import build_model
+from pipeline.errors import DataError, ParamsError
+from pipeline.evaluation.trained import TrainedModel
+from pipeline.models import build_model, load_weights_file
+from pipeline.models.weights import load_state_strict, read_state_dict
 from pipeline.params import (
     Params,
     capped,
@@ -339,14 +341,75 @@ def input_spec(params: Params, key: str, mask: str = "none") -> InputSpec:
 
 
 def load_trained(params: Params, key: str, root: Path | None = None):
-    """The trained model of experiment ``key`` (``models/<key>/model.pt``) and its config."""
-    import torch
-
+    """The trained model of experiment ``key`` (``models/<key>/model.pt``) and its config; an
+    untrained experiment or a file of another model is a DataError naming the file."""
     config = train_config(params, key, root=root)
+    path = model_dir(key, root) / "model.pt"
+    if not path.is_file():
+        raise DataError(
+            f"experiment {key!r} has no trained model at {path} (dvc repro train@{key})"
+        )
     model = build_model(config.model, config.num_classes, **config.model_options)
-    state = torch.load(model_dir(key, root) / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    load_state_strict(model, read_state_dict(path, str(path)), str(path))
     return model, config
+
+
+def trained_model(params: Params, key: str, root: Path | None = None) -> TrainedModel:
+    """Experiment ``key``'s trained model with what predict and export need: its task, test
+    scales, input normalisation, class names and searched CRF parameters' file."""
+    entry = experiment(params, key)
+    if entry["mask"]["test"] != "none":
+        raise ParamsError(
+            f"experiments.{key}.mask.test is {entry['mask']['test']!r}: that input (FCN Table 8) "
+            "is built from the true labels, which new images do not have"
+        )
+    model, config = load_trained(params, key, root)
+    return TrainedModel(
+        model=model,
+        name=key,
+        task=entry["task"],
+        loss_kind=config.loss_kind,
+        scales=tuple(entry["test_scales"]),
+        spec=input_spec(params, key),
+        classes=class_names(params, entry["dataset"]) if entry["task"] == "segmentation" else None,
+        crf_file=crf_best_path(key, root),
+    )
+
+
+def weights_model(
+    params: Params,
+    weights: str | Path,
+    model: str,
+    *,
+    n_classes: int | None = None,
+    width: float | None = None,
+    task: str = "segmentation",
+    options: dict | None = None,
+    dataset: str | None = None,
+) -> TrainedModel:
+    """A model from a state-dict file rather than an experiment: ``model`` (a build_model name)
+    with ``options``; ``width`` read off the weights unless given. ``dataset`` (a data.<name>)
+    names the classes and picks the input mean; ``n_classes`` defaults by task (edges 1, normals
+    3, else the dataset's classes or ``model.num_classes``). Segmentation is taken as
+    softmax-trained."""
+    choice("--task", task, TASKS)
+    options = dict(options or {})
+    classes = class_names(params, dataset) if dataset and task == "segmentation" else None
+    if n_classes is None:
+        n_classes = {"edges": 1, "normals": 3}.get(task) or (
+            len(classes) if classes else params.get("model.num_classes")
+        )
+    if classes and len(classes) != n_classes:
+        raise ParamsError(f"--dataset {dataset} has {len(classes)} classes, the model {n_classes}")
+    net = load_weights_file(model, weights, n_classes, width=width, **options)
+    settings = input_settings(params, {"dataset": dataset}, options, "none")
+    return TrainedModel(
+        model=net,
+        name=Path(weights).stem,
+        task=task,
+        spec=InputSpec(**settings),
+        classes=classes,
+    )
 
 
 def crf_best_path(key: str, root: Path | None = None) -> Path:

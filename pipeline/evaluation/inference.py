@@ -73,7 +73,7 @@ def multiscale_probs(
     return total / len(scales)
 
 
-def _logits_of_probs(probs: torch.Tensor, loss_kind: str) -> torch.Tensor:
+def logits_of_probs(probs: torch.Tensor, loss_kind: str) -> torch.Tensor:
     """Scores whose activation gives ``probs`` back (so ``predict_labels`` applies unchanged)."""
     probs = probs.clamp(1e-12, 1.0)
     if loss_kind == "softmax":
@@ -121,7 +121,7 @@ def predict(
         elif scales == (1.0,):
             logits = run(x).float()
         else:
-            logits = _logits_of_probs(multiscale_probs(run, x, scales, activation), loss_kind)
+            logits = logits_of_probs(multiscale_probs(run, x, scales, activation), loss_kind)
         yield Prediction(
             id=str(row["id"][0]),
             image=decode_image(row["image"][0], str(row["id"][0])),

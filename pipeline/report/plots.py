@@ -1,6 +1,8 @@
-"""Figures people would rather look at than read: training curves, prediction grids, confusion.
+"""Figures people would rather look at than read: training curves, prediction grids, confusion,
+and a prediction laid over its image.
 
-Every function writes one PNG atomically (matplotlib Agg backend, no display needed).
+Every function writes one PNG atomically (matplotlib Agg backend, no display needed; the overlay
+is drawn with PIL at the image's own resolution).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from pipeline.data.builtin.voc import voc_palette  # noqa: E402
 from pipeline.runtime.fsutil import atomic_path  # noqa: E402
@@ -22,6 +25,36 @@ _PALETTE = np.asarray(voc_palette(), np.uint8).reshape(256, 3)
 def colorize(label: np.ndarray) -> np.ndarray:
     """Class indices -> VOC colours (void 255 drawn in the VOC void colour)."""
     return _PALETTE[np.asarray(label, np.uint8)]
+
+
+def overlay(
+    image: np.ndarray,
+    label: np.ndarray,
+    path: Path,
+    names: tuple[str, ...] | None = None,
+    alpha: float = 0.5,
+) -> None:
+    """``image`` (HxWx3 uint8) with ``label``'s VOC colours blended in at full resolution, and
+    beside it a legend of the classes present (``names[k]`` when known, else ``class k``)."""
+    h, w = label.shape
+    blend = image.astype(np.float32) * (1 - alpha) + colorize(label).astype(np.float32) * alpha
+    present = [int(k) for k in np.unique(label)]
+    size = max(12, min(h, 2000) // 30)  # legible beside small and large images alike
+    font = ImageFont.load_default(size=size)
+    lines = [f"{k} {names[k] if names and k < len(names) else f'class {k}'}" for k in present]
+    pad, step = size // 2, int(size * 1.4)
+    text_w = max(int(font.getlength(line)) for line in lines)
+    legend_w, legend_h = 3 * pad + size + text_w, 2 * pad + step * len(lines)
+    canvas = Image.new("RGB", (w + legend_w, max(h, legend_h)), "white")
+    canvas.paste(Image.fromarray(np.round(blend).astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (k, line) in enumerate(zip(present, lines)):
+        x, y = w + pad, pad + i * step
+        draw.rectangle([x, y, x + size, y + size], fill=tuple(int(c) for c in _PALETTE[k]))
+        draw.rectangle([x, y, x + size, y + size], outline="black")
+        draw.text((x + size + pad, y), line, fill="black", font=font)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
 
 
 def _save(fig, path: Path) -> None:
