@@ -11,7 +11,7 @@ def test_help_lists_every_command():
     out = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True
     ).stdout
-    for command in ("models", "describe", "download", "upper-bound", "sweep"):
+    for command in ("models", "describe", "download", "upper-bound", "sweep", "predict", "export"):
         assert command in out
 
 
