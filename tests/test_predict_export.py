@@ -66,6 +66,7 @@ def weights(tmp_path_factory) -> dict[str, Path]:
         "pixelnet": tiny("pixelnet", 21, seed=2, **options),
         "edges": tiny("pixelnet", 1, seed=3, **options),
         "normals": tiny("pixelnet", 3, seed=4, **options),
+        "rgbd": tiny("fcn32s", 21, seed=5, modality="rgbd"),
     }
     paths = {}
     for key, model in models.items():
@@ -293,6 +294,7 @@ def _bad_files(folder: Path, jpeg: Path) -> dict[str, Path]:
         ("crf on edges", "--crf refines softmax segmentation; edges predicts edges"),
         ("weights without a model", "--weights needs --model NAME"),
         ("no such device", "--device 'nowhere' is not a torch device"),
+        ("depth-input model", "rgbd takes rgbd input; predict reads RGB images only"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_nothing_is_written(
@@ -317,6 +319,10 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(
         ],
         "weights without a model": [jpegs[0], "--weights", weights["fcn8s"]],
         "no such device": [jpegs[0], *fcn, "--device", "nowhere"],
+        "depth-input model": [
+            jpegs[0], "--weights", weights["rgbd"], "--model", "fcn32s",
+            "--model-options", "{modality: rgbd}",
+        ],
     }[case]  # fmt: skip
     (tmp_path / "p").write_text((repo_root() / "params.yaml").read_text())
     out = tmp_path / "out"

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
-from torch import nn
 from tqdm import tqdm
 
 from pipeline.crf.dense import refine
@@ -122,11 +121,11 @@ def parse_model_options(text: str | None) -> dict[str, Any]:
 
 
 def check_predictable(trained: TrainedModel) -> None:
-    """What no image could fix: the wrong input channels, or more classes than a PNG holds."""
-    first = next((m for m in trained.model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is not None and first.in_channels != 3:
+    """What no image could fix: a model of depth or HHA input, or more classes than a PNG
+    holds, or outputs that do not fit the task."""
+    if trained.spec.modality != "rgb":
         raise ParamsError(
-            f"{trained.name} takes {first.in_channels} input channels; predict reads RGB images"
+            f"{trained.name} takes {trained.spec.modality} input; predict reads RGB images only"
         )
     if trained.task == "segmentation" and trained.num_classes > MAX_CLASSES:
         raise ParamsError(

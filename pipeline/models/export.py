@@ -1,14 +1,15 @@
 """Trained models as TorchScript or ONNX files that take any image size (``densepipe export``).
 
 The file holds :class:`~pipeline.models.anysize.DenseGraph`: input ``image``, a normalised
-N x 3 x H x W float32 batch (see the metadata), output ``scores``, N x K x H x W logits (before
-softmax or sigmoid); batch, height and width are dynamic. Both formats are traces (TorchScript's
-``torch.jit.trace``; ONNX through torch's TorchScript-based exporter, opset 17, since the
-torch.export-based one needs ``onnxscript``), and a trace freezes whatever Python decides from a
-size to the example's size. The models therefore keep sizes as traced values (FCN crops,
-DeepLab's interpolation, PixelNet's padding and its one-pass dense path), and every file is
-checked before it is written: loaded back (``torch.jit.load``; onnxruntime on CPU) and run at
-sizes other than the traced one against the PyTorch model. A file that disagrees is not written.
+N x C x H x W float32 batch (C = 3 for RGB; the metadata says how), output ``scores``,
+N x K x H x W logits (before softmax or sigmoid); batch, height and width are dynamic. Both
+formats are traces (TorchScript's ``torch.jit.trace``; ONNX through torch's TorchScript-based
+exporter, opset 17, since the torch.export-based one needs ``onnxscript``), and a trace freezes
+whatever Python decides from a size to the example's size. The models therefore keep sizes as
+traced values (FCN crops, DeepLab's interpolation, PixelNet's padding and its one-pass dense
+path), and every file is checked before it is written: loaded back (``torch.jit.load``;
+onnxruntime on CPU) and run at sizes other than the traced one against the PyTorch model. A
+file that disagrees is not written.
 
 What a caller needs to use the file (model, task, classes, input normalisation) travels inside
 it: ONNX ``metadata_props["densepipe"]``, the TorchScript archive's extra file
@@ -48,11 +49,8 @@ ONNX_OPSET = 17
 METADATA_KEY = "densepipe"
 TORCHSCRIPT_EXTRA = "densepipe.json"
 _AXES = {0: "batch", 2: "height", 3: "width"}
-
-
-def _input_channels(model: nn.Module) -> int:
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return first.in_channels if first is not None else 3
+#: channels of each modality's input before normalising (``pipeline.data.loader.decode_input``)
+DECODED_CHANNELS = {"rgb": 3, "hha": 3, "rgbd": 4, "rgb-hha": 6}
 
 
 @contextlib.contextmanager
@@ -113,25 +111,26 @@ def read_metadata(path: str | Path, fmt: str) -> dict[str, Any]:
     return json.loads(props[METADATA_KEY])
 
 
-def _probe(size: tuple[int, int], channels: int, spec: InputSpec, seed: int) -> np.ndarray:
-    """A normalised random image: pixel values of the range the model was trained on."""
+def _probe(size: tuple[int, int], spec: InputSpec, seed: int) -> np.ndarray:
+    """A random input of the model's modality (8-bit pixels, depth 0.5-5 m), normalised."""
     rng = np.random.default_rng(seed)
-    if channels == 3:
-        return spec.normalise(rng.integers(0, 256, (1, *size, 3), dtype=np.uint8))
-    return rng.normal(0.0, 50.0, (1, channels, *size)).astype(np.float32)
+    decoded = rng.integers(0, 256, (1, *size, DECODED_CHANNELS[spec.modality]), dtype=np.uint8)
+    if spec.modality == "rgbd":
+        decoded = decoded.astype(np.float32)
+        decoded[..., 3] = rng.uniform(500.0, 5000.0, size)
+    return spec.normalise(decoded)
 
 
 def _check(
     model: nn.Module,
     run: Callable[[np.ndarray], np.ndarray],
     sizes: Sequence[tuple[int, int]],
-    channels: int,
     spec: InputSpec,
 ) -> dict[str, float]:
     """Max |exported - PyTorch| per probe size; a ParamsError when the file disagrees."""
     diffs = {}
     for i, size in enumerate(sizes):
-        x = _probe(tuple(size), channels, spec, seed=i)
+        x = _probe(tuple(size), spec, seed=i)
         with torch.no_grad():
             ref = dense_scores(model, torch.from_numpy(x)).numpy()
         where = f"{size[0]}x{size[1]}"
@@ -179,26 +178,34 @@ def export_model(
     spec = spec or InputSpec()
     was_training = model.training
     model = model.cpu().eval()
-    channels = _input_channels(model)
     meta = {
         "model": getattr(model, "name", type(model).__name__),
         "input": {"name": "image", "layout": "NCHW float32", **_spec_dict(spec)},
         "output": {"name": "scores", "layout": "NCHW float32 logits"},
         **(metadata or {}),
     }
-    example = torch.from_numpy(_probe(EXAMPLE_SIZE, channels, spec, seed=len(probe_sizes)))
+    example = torch.from_numpy(_probe(EXAMPLE_SIZE, spec, seed=len(probe_sizes)))
     try:
         with torch.no_grad(), atomic_path(path) as tmp:
             _write(DenseGraph(model).eval(), example, tmp, fmt, json.dumps(meta, sort_keys=True))
-            diffs = _check(model, load_exported(tmp, fmt), probe_sizes, channels, spec)
+            diffs = _check(model, load_exported(tmp, fmt), probe_sizes, spec)
     finally:
         model.train(was_training)
     return diffs
 
 
 def _spec_dict(spec: InputSpec) -> dict[str, Any]:
-    """How RGB pixels become the ``image`` input (``InputSpec.normalise``), spelled out."""
+    """How pixels become the ``image`` input (``InputSpec.normalise``), spelled out."""
+    out: dict[str, Any] = {"modality": spec.modality, "normalisation": spec.norm}
     if spec.norm == "caffe":
-        how = "BGR order, 0-255, minus mean_bgr"
-        return {"normalisation": spec.norm, "how": how, "mean_bgr": list(spec.mean_bgr)}
-    return {"normalisation": spec.norm, "how": "RGB, /255, minus ImageNet mean, / ImageNet std"}
+        out.update(colour="BGR order, 0-255, minus mean_bgr", mean_bgr=list(spec.mean_bgr))
+    else:
+        out.update(colour="RGB, /255, minus ImageNet mean, / ImageNet std")
+    if spec.modality in ("hha", "rgb-hha"):
+        out.update(hha="0-255 minus hha_mean (after the colour channels)", hha_mean=spec.hha_mean)
+    if spec.modality == "rgbd":
+        out.update(
+            depth="log(depth in mm) - log_depth_mean, 0 where missing",
+            log_depth_mean=spec.log_depth_mean,
+        )
+    return out
