@@ -119,8 +119,10 @@ def _write_ground_truth(path: Path, boundaries: np.ndarray) -> None:
 
 
 def _edge_panel(array: np.ndarray) -> np.ndarray:
-    """A map in [0, 1] as an RGB uint8 panel, edges dark on white (the BSDS convention)."""
-    gray = (255 * (1.0 - np.clip(array, 0.0, 1.0))).astype(np.uint8)
+    """A map in [0, 1] as an RGB uint8 panel, edges dark on white (the BSDS convention),
+    thickened so that one-pixel edges survive the grid's downscaling."""
+    shown = plots.thicken_edges(np.clip(array, 0.0, 1.0))
+    gray = (255 * (1.0 - shown)).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=2)
 
 
@@ -146,7 +148,8 @@ def evaluate_edge_maps(
     :meth:`EdgeResult.to_dict` (ODS/OIS as ``{f, precision, recall, threshold}``, AP, the PR
     curve, per-image rows) plus ``predict_seconds`` (time spent producing the maps) and
     ``eval_seconds``. With ``out_dir`` also writes ``<name>.json``, ``<name>_pr_curve.png`` and
-    ``<name>_examples.png`` (image | consensus ground truth | prediction, after NMS when ``nms``).
+    ``<name>_examples.png`` (image | consensus ground truth | prediction, after NMS when ``nms``;
+    edges thickened for display).
     """
     wanted = None if ids is None else {str(i) for i in ids}
     rows = {str(row["id"][0]): row for row in iter_rows(table)}

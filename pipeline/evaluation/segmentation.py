@@ -17,6 +17,7 @@ from pipeline.data.loader import InputSpec
 from pipeline.evaluation.inference import Prediction, predict
 from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
 from pipeline.report import plots
+from pipeline.report.qualitative import QUALITATIVE_FILE, Example, save_examples
 
 
 def evaluate(
@@ -61,7 +62,8 @@ HEAD_METRICS = ("pixel_acc", "mean_acc", "mean_iu")
 
 
 def write_outputs(scores: dict, hist: np.ndarray, kept: list, classes, out_dir: Path) -> dict:
-    """metrics JSON-ready dict + confusion plot + qualitative grid in ``out_dir``."""
+    """metrics JSON-ready dict + confusion plot + qualitative grid in ``out_dir``, and the
+    grid's arrays (``qualitative.npz``: the report sets staged models side by side from them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots.confusion(hist, tuple(classes), out_dir / "confusion.png")
@@ -70,6 +72,8 @@ def write_outputs(scores: dict, hist: np.ndarray, kept: list, classes, out_dir: 
         out_dir / "predictions.png",
         ("input", "ground truth", "prediction"),
     )
+    examples = [Example(p.id, p.image, p.label, p.pred) for p in kept]
+    save_examples(examples, out_dir / QUALITATIVE_FILE)
     return {
         **{k: v for k, v in scores.items() if k not in SCORE_KEYS},  # extra heads' scores
         "pixel_acc": scores["pixel_acc"],

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from pipeline.data.builtin.voc import voc_palette  # noqa: E402
 from pipeline.runtime.fsutil import atomic_path  # noqa: E402
@@ -63,6 +64,25 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+#: about how many pixels an image's longer side spans in a :func:`prediction_grid` panel (a
+#: 2.2 in cell at 110 dpi, less matplotlib's margins: measured ~165)
+PANEL_PX = 160
+
+
+def thicken_edges(strength: np.ndarray, panel_px: int = PANEL_PX) -> np.ndarray:
+    """A one-pixel edge map (binary or soft, edges high) widened for display: a max filter as
+    wide as the factor by which the panel shrinks the map, plus a pixel each side.
+
+    A 481 px BSDS map drawn ~165 px wide keeps about one row or column in three: its
+    one-pixel ground-truth and NMS edges become scattered dots. A 7-pixel-wide line survives
+    as a ~2.5-pixel one. Maps that are not shrunk are returned as they are. Display only: the
+    benchmark scores the thin maps."""
+    strength = np.asarray(strength)
+    shrink = max(strength.shape[:2]) / panel_px
+    size = 2 * int(np.ceil(shrink)) - 1
+    return strength if size <= 1 else ndimage.maximum_filter(strength, size=size)
+
+
 def prediction_grid(rows: list[tuple], path: Path, titles: tuple[str, ...]) -> None:
     """One row per example: (image, truth, prediction[, more label maps]) side by side."""
     n, m = len(rows), len(titles)
@@ -78,14 +98,20 @@ def prediction_grid(rows: list[tuple], path: Path, titles: tuple[str, ...]) -> N
     _save(fig, Path(path))
 
 
+#: each task's validation curve: history key, axis label, axis top
+VAL_CURVES = (
+    ("val_mean_iu", "val mean IU", 1.0),
+    ("val_ods", "val ODS", 1.0),
+    ("val_mean", "val mean angle (deg)", 90.0),
+)
+
+
 def training_curves(history: list[dict], path: Path, title: str = "") -> None:
-    """Training loss per step and validation mean IU, or for normals the validation mean angle
-    (where recorded)."""
+    """Training loss per step and the task's validation metric (where recorded): mean IU, the
+    edges' ODS or the normals' mean angle."""
     steps = [h["step"] for h in history if "loss" in h]
     losses = [h["loss"] for h in history if "loss" in h]
-    key, name = "val_mean_iu", "val mean IU"
-    if not any(key in h for h in history) and any("val_mean" in h for h in history):
-        key, name = "val_mean", "val mean angle (deg)"
+    key, name, top = next((v for v in VAL_CURVES if any(v[0] in h for h in history)), VAL_CURVES[0])
     val = [(h["step"], h[key]) for h in history if key in h]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, losses, lw=1, label="train loss")
@@ -95,7 +121,7 @@ def training_curves(history: list[dict], path: Path, title: str = "") -> None:
         ax2 = ax.twinx()
         ax2.plot(*zip(*val), "o-", color="C1", label=name)
         ax2.set_ylabel(name)
-        ax2.set_ylim(0, 1 if key == "val_mean_iu" else 90)
+        ax2.set_ylim(0, top)
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
     ax.set_title(title)

@@ -5,12 +5,16 @@ Each reference table lists its columns and the paper's rows; each experiment in 
 which table rows it reproduces (``tables: {table: row}``). The report joins the two, so adding an
 experiment or a table is a params/data edit, not code. Every table says which profile, dataset
 and width produced our column, so a tiny run on built-in data is never taken for a reproduction.
+
+The report is built once as blocks (:class:`Heading`, :class:`Paragraph`, :class:`Table`: text in
+inline markdown) that both reports/results.md (:func:`to_markdown`) and reports/index.html
+(``pipeline.report.html``) render, so the two never disagree.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -54,6 +58,49 @@ COLUMNS: dict[str, Column] = {
     "within_22_5": Column("% < 22.5", "metrics", 1, 1),
     "within_30": Column("% < 30", "metrics", 1, 1),
 }
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 1
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str  # inline markdown: `code`, **bold**, [text](relative link)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One titled table; every cell and the caption in inline markdown."""
+
+    anchor: str  # a stable id: the reference table's id, ``sweep-<name>``
+    title: str
+    caption: str
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    level: int = 3
+
+
+Block = Heading | Paragraph | Table
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    """results.md: every block, a blank line between them."""
+    parts = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            parts.append(f"{'#' * block.level} {block.text}\n")
+        elif isinstance(block, Paragraph):
+            parts.append(f"{block.text}\n")
+        else:
+            lines = [f"{'#' * block.level} {block.title}", "", block.caption, ""]
+            lines.append("| " + " | ".join(block.headers) + " |")
+            lines.append("|" + "---|" * len(block.headers))
+            lines += ["| " + " | ".join(row) + " |" for row in block.rows]
+            parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
 
 
 def reference(name: str) -> dict:
@@ -138,9 +185,9 @@ def _data_used(by_row: dict[str, list[str]], ours: Ours, sources: dict[str, str]
     return "; data: " + ", ".join(f"{d} (`{sources[d]}`)" if d in sources else d for d in used)
 
 
-def table_markdown(
+def table_block(
     table_id: str, table: dict, ours: Ours, provenance: str, sources: dict[str, str] | None = None
-) -> str:
+) -> Table:
     """One reference table: a row per paper row (and per extra row of ours), ours | paper.
 
     The provenance line names the datasets this table's experiments read (``sources``: dataset
@@ -158,14 +205,10 @@ def table_markdown(
     rows = list(table["rows"]) + [r for r in by_row if r not in table["rows"]]
     headers = [f"{COLUMNS[c].header} (ours)" for c in columns]
     headers += [f"{COLUMNS[c].header} (paper)" for c in columns]
-    lines = [
-        f"### {table['title']}",
-        "",
-        f"Ours: {provenance}{_data_used(by_row, ours, sources or {})}. Paper: {table['source']}.",
-        "",
-        "| paper row | our experiment | " + " | ".join(headers) + " |",
-        "|---|---|" + "---|" * len(headers),
-    ]
+    caption = (
+        f"Ours: {provenance}{_data_used(by_row, ours, sources or {})}. Paper: {table['source']}."
+    )
+    out = Table(table_id, table["title"], caption, ["paper row", "our experiment", *headers])
     for row in rows:
         paper = table["rows"].get(row, {}) or {}
         name = paper.get("paper_name", row) + (f" {paper['note']}" if paper.get("note") else "")
@@ -180,8 +223,15 @@ def table_markdown(
                     label = f"`{exp}` (baseline)"
                 cells = [_fmt(ours.value(exp, c), COLUMNS[c].digits) for c in columns]
             cells += [_fmt(paper.get(c), COLUMNS[c].digits) for c in columns]
-            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            out.rows.append([name, label, *cells])
+    return out
+
+
+def table_markdown(
+    table_id: str, table: dict, ours: Ours, provenance: str, sources: dict[str, str] | None = None
+) -> str:
+    """:func:`table_block` as markdown."""
+    return to_markdown([table_block(table_id, table, ours, provenance, sources)])
 
 
 def crf_parameters_line(ours: Ours, experiments: list[str]) -> str:
@@ -202,28 +252,30 @@ def crf_parameters_line(ours: Ours, experiments: list[str]) -> str:
     )
 
 
-def upper_bound_markdown(result: dict, paper: dict) -> str:
+def upper_bound_block(result: dict, paper: dict) -> Table:
     """FCN 6.3: every resampling variant we computed, beside the paper's row."""
     factors = list(paper["factors"])
-    lines = [
-        f"### {paper['title']}",
-        "",
+    caption = (
         f"Ours: {result['source']}, {next(iter(result['methods'].values()))['num_images']} "
         f"images (stage `upper_bound`). Paper: {paper['source']}. Default variant: "
-        f"`{result['default_method']}`.",
-        "",
-        "| variant | " + " | ".join(f"factor {f}" for f in factors) + " |",
-        "|---|" + "---|" * len(factors),
-    ]
+        f"`{result['default_method']}`."
+    )
+    out = Table("fcn_upper_bound", paper["title"], caption, ["variant"])
+    out.headers.extend(f"factor {f}" for f in factors)
     for method, scores in result["methods"].items():
         cells = []
         for f in factors:
             s = scores["factors"].get(str(f)) or scores["factors"].get(f)
             cells.append(_fmt(100 * s["mean_iu"] if s else None, 2))
         mark = " (default)" if method == result["default_method"] else ""
-        lines.append(f"| {method}{mark} | " + " | ".join(cells) + " |")
-    lines.append("| paper | " + " | ".join(_fmt(paper["factors"][f], 1) for f in factors) + " |")
-    return "\n".join(lines) + "\n"
+        out.rows.append([f"{method}{mark}", *cells])
+    out.rows.append(["paper", *(_fmt(paper["factors"][f], 1) for f in factors)])
+    return out
+
+
+def upper_bound_markdown(result: dict, paper: dict) -> str:
+    """:func:`upper_bound_block` as markdown."""
+    return to_markdown([upper_bound_block(result, paper)])
 
 
 PERCENT_METRICS = (
@@ -231,32 +283,35 @@ PERCENT_METRICS = (
 )  # fmt: skip
 
 
-def sweep_markdown(result: dict) -> str:
+def sweep_block(result: dict) -> Table:
     """One sweep: its trials (values, status, steps, final and best metric), the winner first
     in bold. Percent for the [0, 1] scores, degrees as they are."""
     metric = result["metric"]
     scale = 100.0 if metric in PERCENT_METRICS else 1.0
     keys = list(result["rows"][0]["values"]) if result["rows"] else []
-    lines = [
-        f"## Sweep `{result['sweep']}` ({result['experiment']}, {result['scheduler']})",
-        "",
+    caption = (
         f"Best {metric} {result['best'] * scale:.1f} ({result['best_trial']}: "
         + ", ".join(f"{k} = {_value(v)}" for k, v in result["best_values"].items())
         + f"); {result['trials']} trials: {result['finished']} finished, "
         f"{result['stopped_early']} stopped early, {result['failed']} failed; "
         f"{result['trial_steps']} optimizer steps in all. Figures and best.yaml: "
-        f"`sweeps/{result['sweep']}/`.",
-        "",
-        "| trial | " + " | ".join(keys) + f" | status | steps | final {metric} | best |",
-        "|---" * (len(keys) + 5) + "|",
-    ]
+        f"`sweeps/{result['sweep']}/`."
+    )
+    title = f"Sweep `{result['sweep']}` ({result['experiment']}, {result['scheduler']})"
+    headers = ["trial", *keys, "status", "steps", f"final {metric}", "best"]
+    out = Table(f"sweep-{result['sweep']}", title, caption, headers, level=2)
     for row in result["rows"]:
         mark = "**" if row["trial"] == result["best_trial"] else ""
         cells = [f"{mark}{row['trial']}{mark}", *(_value(row["values"][k]) for k in keys)]
         cells += [row["status"], str(row["steps"])]
         cells += [_fmt(_scaled(row["final"], scale), 1), _fmt(_scaled(row["best"], scale), 1)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        out.rows.append(cells)
+    return out
+
+
+def sweep_markdown(result: dict) -> str:
+    """:func:`sweep_block` as markdown."""
+    return to_markdown([sweep_block(result)])
 
 
 def _value(v) -> str:
@@ -265,6 +320,48 @@ def _value(v) -> str:
 
 def _scaled(v, scale: float):
     return None if v is None or v != v else v * scale
+
+
+def report_blocks(
+    metrics_dir: Path,
+    experiments: dict[str, dict],
+    ran: list[str],
+    crf: list[str],
+    provenance: str,
+    sources: dict[str, str] | None = None,
+    sweeps: list[str] = (),
+) -> list[Block]:
+    """Every reference table that has at least one declared experiment, then a table per sweep
+    of the active set: what results.md and index.html both show."""
+    ours = Ours(metrics_dir, experiments, set(ran))
+    blocks: list[Block] = [
+        Heading("Results"),
+        Paragraph("Generated by `dvc repro` (stage `report`); numbers in percent."),
+    ]
+    for table_id, table in all_tables().items():
+        if table_id == "fcn_upper_bound":
+            path = Path(metrics_dir) / "upper_bound.json"
+            if path.is_file():
+                blocks.append(upper_bound_block(json.loads(path.read_text()), table))
+        elif any(table_id in (e.get("tables") or {}) for e in experiments.values()):
+            blocks.append(table_block(table_id, table, ours, provenance, sources))
+            if table_id == "deeplab_crf":
+                line = crf_parameters_line(ours, crf)
+                blocks += [Paragraph(line)] if line else []
+    for name in sweeps:
+        path = Path(metrics_dir) / f"sweep-{name}.json"
+        if path.is_file():
+            blocks.append(sweep_block(json.loads(path.read_text())))
+    blocks.append(
+        Paragraph(
+            "Rows marked (not in `run`) are declared in params.yaml `experiments.all`: set "
+            "`run: *all` to build them. Figures: `reports/figures/<experiment>/` (predictions, "
+            "confusion matrix), `reports/figures/<experiment>-crf/` (trimap, DCNN vs DCNN+CRF); "
+            "training curves: `models/<experiment>/curves.png`; every run is in MLflow "
+            "(`make mlflow-ui`)."
+        )
+    )
+    return blocks
 
 
 def build_report(
@@ -276,35 +373,7 @@ def build_report(
     sources: dict[str, str] | None = None,
     sweeps: list[str] = (),
 ) -> str:
-    """reports/results.md: every reference table that has at least one declared experiment,
-    then a section per sweep of the active set."""
-    ours = Ours(metrics_dir, experiments, set(ran))
-    sections = [
-        "# Results",
-        "",
-        "Generated by `dvc repro` (stage `report`); numbers in percent.",
-        "",
-    ]
-    for table_id, table in all_tables().items():
-        if table_id == "fcn_upper_bound":
-            path = Path(metrics_dir) / "upper_bound.json"
-            if path.is_file():
-                sections.append(upper_bound_markdown(json.loads(path.read_text()), table))
-        elif any(table_id in (e.get("tables") or {}) for e in experiments.values()):
-            sections.append(table_markdown(table_id, table, ours, provenance, sources))
-            if table_id == "deeplab_crf":
-                line = crf_parameters_line(ours, crf)
-                sections += [line, ""] if line else []
-    for name in sweeps:
-        path = Path(metrics_dir) / f"sweep-{name}.json"
-        if path.is_file():
-            sections.append(sweep_markdown(json.loads(path.read_text())))
-    sections += [
-        "Rows marked (not in `run`) are declared in params.yaml `experiments.all`: set "
-        "`run: *all` to build them. Figures: `reports/figures/<experiment>/` (predictions, "
-        "confusion matrix), `reports/figures/<experiment>-crf/` (trimap, DCNN vs DCNN+CRF); "
-        "training curves: `models/<experiment>/curves.png`; every run is in MLflow "
-        "(`make mlflow-ui`).",
-        "",
-    ]
-    return "\n".join(sections)
+    """reports/results.md: :func:`report_blocks` as markdown."""
+    return to_markdown(
+        report_blocks(metrics_dir, experiments, ran, crf, provenance, sources, sweeps)
+    )
