@@ -8,7 +8,7 @@ import argparse
 
 import mlflow
 
-from pipeline.data.prepare import read_prepared
+from pipeline.data.prepare import prepared_bytes, read_prepared
 from pipeline.experiment import (
     check_batch_fits,
     check_input_columns,
@@ -24,6 +24,9 @@ from pipeline.runtime.console import announce_limits, run_stage
 from pipeline.runtime.raycluster import init_ray
 from pipeline.runtime.tracking import flatten, stage_run, tracking_uri
 from pipeline.training.loop import train
+
+#: splits up to this size (Parquet bytes) are cached in Ray's object store for the whole run
+CACHE_SPLIT_BYTES = 128 * 1024 * 1024
 
 
 def main() -> None:
@@ -49,6 +52,10 @@ def main() -> None:
         train_ds = read_prepared(prepared_dir(entry["dataset"], "train"))
         if limits.get("train_images"):
             train_ds = train_ds.limit(images)  # the first N rows, in shard order
+        if prepared_bytes(prepared_dir(entry["dataset"], "train")) < CACHE_SPLIT_BYTES:
+            # a small split is read once into the object store: every epoch then streams the
+            # same blocks (same order) instead of re-reading the files
+            train_ds = train_ds.materialize()
         history = train(
             config,
             {"train": train_ds, "val": read_prepared(prepared_dir(entry["dataset"], "val"))},

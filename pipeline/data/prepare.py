@@ -136,6 +136,11 @@ def prepared_rows(path: Path) -> int:
     return sum(pq.read_metadata(f).num_rows for f in files)
 
 
+def prepared_bytes(path: Path) -> int:
+    """Bytes of a prepared split's Parquet shards."""
+    return sum(f.stat().st_size for f in Path(path).glob("*.parquet"))
+
+
 def prepared_columns(path: Path) -> list[str]:
     """Column names of a prepared split, from the first shard's schema (no data read)."""
     import pyarrow.parquet as pq
