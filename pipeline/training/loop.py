@@ -339,6 +339,9 @@ def train_loop(cfg: dict, session=None) -> None:
 
     step, micro, epoch, history, t0 = 0, 0, 0, [], time.time()
     running, skip = [], 0
+    # epoch ends checkpoint at most every tenth of the run: a small split's many short epochs
+    # would otherwise write the whole state every few steps
+    epoch_gap, saved_at = max(1, config.iterations // 10), 0
     checkpoint = session.checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -348,6 +351,7 @@ def train_loop(cfg: dict, session=None) -> None:
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         step, micro, epoch, skip = state["step"], state["micro"], state["epoch"], state["batches"]
+        saved_at = step
         history, t0 = state["history"], time.time() - state["elapsed"]
         rng.bit_generator.state = state["rng"][rank]
         generator.set_state(state["generator"][rank])
@@ -405,6 +409,7 @@ def train_loop(cfg: dict, session=None) -> None:
             if step >= config.iterations:
                 break
             save = bool(checkpoint_every) and step % checkpoint_every == 0
+            saved_at = step if save else saved_at
             if save or validate:
                 state = _state(net, optimizer, scheduler, step, micro, epoch, batches, history, t0)
                 _report(session, state, (rng, generator), checkpoint=save)
@@ -419,7 +424,11 @@ def train_loop(cfg: dict, session=None) -> None:
         state = _state(net, optimizer, scheduler, step, micro, epoch, 0, history, t0)
         # mid-accumulation (an epoch ended between optimizer steps) the summed gradients are not
         # in the state: report without a checkpoint, the last one stays the resume point
-        _report(session, state, (rng, generator), checkpoint=micro % config.accumulate == 0)
+        save = micro % config.accumulate == 0 and (
+            step - saved_at >= epoch_gap or step >= config.iterations
+        )
+        saved_at = step if save else saved_at
+        _report(session, state, (rng, generator), checkpoint=save)
 
     if rank == 0:
         _save_final(net, config, history)
@@ -580,7 +589,8 @@ def train(
 ) -> list[dict]:
     """Run ``train_loop`` under a TorchTrainer and return the training history.
 
-    ``checkpoint_every`` optimizer steps (and every epoch end) the full training state is
+    ``checkpoint_every`` optimizer steps (and at epoch ends at least a tenth of the run apart)
+    the full training state is
     checkpointed under ``storage_path/name``; ``max_failures`` worker-group restarts are allowed
     (each resumes from that checkpoint). Give ``name`` a hash of the config and data
     (``experiment.run_name``): a rerun of the same name resumes a killed driver's run, so a
