@@ -47,6 +47,8 @@ bench: $(STAMP)
 	$(BIN)/pip install -q --no-deps torchfcn
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# the runs table: open the URL the train/evaluate stages print (.../runs?workflowType=...;
+# without that query MLflow 3.17 opens an experiment on its GenAI overview)
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db)
 

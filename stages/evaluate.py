@@ -18,13 +18,14 @@ from pipeline.experiment import (
     experiment,
     input_spec,
     load_trained,
+    prepared_dir,
     prepared_split,
 )
 from pipeline.params import load_params, repo_root
 from pipeline.runtime.console import announce_limits, run_stage
 from pipeline.runtime.fsutil import write_text_atomic
 from pipeline.runtime.raycluster import init_ray
-from pipeline.runtime.tracking import stage_run
+from pipeline.runtime.tracking import log_dataset, stage_run, ui_url
 
 
 def evaluate_segmentation(model, config, table, spec, params, figures, scales, classes) -> dict:
@@ -101,8 +102,11 @@ def main() -> None:
     if limits:  # a trial run's metrics say so (the report prints them as such)
         metrics["limits"] = limits
     write_text_atomic(root / "metrics" / f"{key}.json", json.dumps(metrics, indent=1) + "\n")
-    with stage_run(params, f"evaluate {key}", tags={"densepipe.kind": "evaluate", "model": key}):
-        mlflow.log_params({"model": config.model, "val_images": table.num_rows})
+    tags = {"densepipe.kind": "evaluate", "model": key}
+    with stage_run(params, f"evaluate {key}", tags=tags) as run:
+        dataset = entry["dataset"]
+        mlflow.log_params({"model": config.model, "dataset": dataset, "val_images": table.num_rows})
+        log_dataset(dataset, prepared_dir(dataset, "val"), "evaluation")
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         mlflow.log_artifacts(str(figures), artifact_path="figures")
         mlflow.log_dict(metrics, "metrics.json")
@@ -111,6 +115,7 @@ def main() -> None:
         "normals": ("mean", "median", "within_11_25", "within_30"),
     }.get(entry["task"], ("mean_iu", "pixel_acc"))
     print(f"{key}: " + ", ".join(f"{m} {metrics[m]:.4f}" for m in main))
+    print(f"MLflow: {ui_url(params, run.info.experiment_id)}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pipeline.experiment import (
     check_input_columns,
     check_no_leakage,
     experiment,
+    load_trained,
     prepared_dir,
     run_name,
     train_config,
@@ -22,7 +23,14 @@ from pipeline.params import load_params, repo_root
 from pipeline.report import plots
 from pipeline.runtime.console import announce_limits, run_stage
 from pipeline.runtime.raycluster import init_ray
-from pipeline.runtime.tracking import flatten, stage_run, tracking_uri
+from pipeline.runtime.tracking import (
+    flatten,
+    log_dataset,
+    log_model,
+    stage_run,
+    tracking_uri,
+    ui_url,
+)
 from pipeline.training.loop import train
 
 #: splits up to this size (Parquet bytes) are cached in Ray's object store for the whole run
@@ -48,6 +56,7 @@ def main() -> None:
             {"model": config.model, "dataset": entry["dataset"], "init": entry["init"]}
         )
         mlflow.log_params({**flatten(config.model_options), "mask": entry["mask"]["train"]})
+        log_dataset(entry["dataset"], prepared_dir(entry["dataset"], "train"), "training")
         config.mlflow_uri, config.mlflow_run_id = tracking_uri(params), run.info.run_id
         train_ds = read_prepared(prepared_dir(entry["dataset"], "train"))
         if limits.get("train_images"):
@@ -69,10 +78,11 @@ def main() -> None:
         )
         plots.training_curves(history, repo_root() / config.out_dir / "curves.png", title=key)
         mlflow.log_artifact(str(repo_root() / config.out_dir / "curves.png"))
-        mlflow.log_artifact(str(repo_root() / config.out_dir / "model.pt"), artifact_path="model")
+        # the final model, loadable with mlflow.pytorch.load_model (the run's Models column)
+        log_model(load_trained(params, key)[0])
     losses = [h["loss"] for h in history if "loss" in h]
     final = f"final loss {losses[-1]:.4f}" if losses else "no training steps (init = model)"
-    print(f"{key}: {len(losses)} steps, {final}")
+    print(f"{key}: {len(losses)} steps, {final}; MLflow: {ui_url(params, run.info.experiment_id)}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""Shared test fixtures: the real-data fixtures folder and one local Ray runtime per session."""
+"""Shared test fixtures: the real-data fixtures folder, one local Ray runtime per session, a real
+``mlflow server``."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -10,6 +16,7 @@ import pytest
 from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
 from pipeline.data.datasets.voc import VOC
 from pipeline.data.prepare import prepare_split
+from pipeline.runtime.localray import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,3 +65,46 @@ def prepared_voc8(ray_local, tmp_path_factory):
     voc = write_builtin_voc(root / "raw", BuiltinSpec(num_train=8, num_val=2, size=40), False)
     prepare_split(VOC(), voc, "train", root / "train")
     return root
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` on 127.0.0.1 (what ``make mlflow-server`` starts), its own store."""
+    store = tmp_path_factory.mktemp("mlflow")
+    (port,) = free_ports(1)
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.Popen(
+        [
+            str(bin_dir / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+        ],
+        stdout=open(store / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        # no job runner: it starts 7 huey consumer processes that no test uses
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"mlflow server did not start: {(store / 'server.log').read_text()}")
+            time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, signal.SIGKILL)  # its own group (the CLI and its uvicorn): a scratch store
+    proc.wait(timeout=30)

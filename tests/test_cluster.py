@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
 from pipeline.data.datasets.voc import VOC
 from pipeline.data.prepare import prepare_split
 from pipeline.models.vgg import VGG16Classifier
-from pipeline.runtime.localray import LocalCluster, free_ports
+from pipeline.runtime.localray import LocalCluster
 
 pytestmark = pytest.mark.slow
 
@@ -58,47 +57,6 @@ def cluster():
     c = LocalCluster(workers=2)
     yield c
     c.shutdown()
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` on 127.0.0.1 (what ``make mlflow-server`` starts), its own store."""
-    store = tmp_path_factory.mktemp("mlflow")
-    (port,) = free_ports(1)
-    bin_dir = Path(sys.executable).parent
-    proc = subprocess.Popen(
-        [
-            str(bin_dir / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-        ],
-        stdout=open(store / "server.log", "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"mlflow server did not start: {(store / 'server.log').read_text()}")
-            time.sleep(0.5)
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

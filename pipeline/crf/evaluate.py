@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from pipeline.crf.dense import refine_dataset
 from pipeline.crf.params import CRFParams
@@ -19,6 +20,7 @@ from pipeline.data.datasets.base import decode_image, decode_label
 from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
 from pipeline.metrics.trimap import plot_trimap, trimap_scores
 from pipeline.report import plots
+from pipeline.runtime.raylogs import data_progress
 
 METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
 
@@ -28,7 +30,9 @@ def refine_rows(scores_file: str | Path, params: CRFParams, backend: str) -> lis
     import ray
 
     ds = ray.data.read_parquet(str(scores_file))
-    rows = refine_dataset(ds, params, backend=backend).take_all()
+    total = pq.read_metadata(scores_file).num_rows
+    with data_progress("CRF", total, unit="img", op="_refine_batch"):
+        rows = refine_dataset(ds, params, backend=backend).take_all()
     return sorted(rows, key=lambda r: str(r["id"]))
 
 

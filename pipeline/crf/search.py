@@ -19,7 +19,6 @@ import mlflow
 import numpy as np
 import ray
 from mlflow.entities import Metric, Param, RunTag
-from tqdm import tqdm
 
 from pipeline.crf.dense import refine
 from pipeline.crf.params import CRFParams
@@ -32,6 +31,7 @@ from pipeline.crf.transport import (
 )
 from pipeline.errors import DataError, ParamsError
 from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
+from pipeline.runtime.progress import progress_bar
 
 # Paper §5 coarse grid (MATLAB ranges [5, 10], [50:10:100], [3:1:10]); w2 = σγ = 3 fixed.
 COARSE_GRID: dict[str, list[float]] = {
@@ -236,7 +236,7 @@ def _run_trials(
     records: list[dict[str, Any]] = [{} for _ in trials_params]
     refs = list(pending)
     desc = f"CRF search ({round_name})" if round_name else "CRF search"
-    bar = tqdm(total=len(trials_params), desc=desc, unit="trial", disable=not progress)
+    bar = progress_bar(total=len(trials_params), desc=desc, unit="trial", disable=not progress)
     while refs:
         done, refs = ray.wait(refs, num_returns=1)
         t = pending.pop(done[0])

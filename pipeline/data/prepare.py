@@ -22,6 +22,7 @@ from pipeline.data.datasets.base import Dataset
 from pipeline.data.leakage import DIGEST_COLUMN, pixel_digest
 from pipeline.errors import DataError
 from pipeline.runtime.fsutil import atomic_path
+from pipeline.runtime.raylogs import data_progress
 
 ROWS_PER_SHARD = 500
 ROWS_PER_TASK = 8  # examples per map task: small, so every CPU gets work (one task per block)
@@ -67,10 +68,15 @@ def prepare_split(dataset: Dataset, root: Path, split: str, out_dir: Path) -> in
 
 
 def write_split(
-    dataset: Dataset, root: Path, split: str, out_dir: Path, ids: list[str] | None = None
+    dataset: Dataset,
+    root: Path,
+    split: str,
+    out_dir: Path,
+    ids: list[str] | None = None,
+    label: str | None = None,
 ) -> int:
     """:func:`prepare_split` into a fresh folder (the caller makes it atomic): ``ids`` are the
-    split's listed ids when the caller has them already."""
+    split's listed ids when the caller has them already; ``label`` names its progress bar."""
     import ray
     from ray.data import SaveMode
 
@@ -80,7 +86,6 @@ def write_split(
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.raise_original_map_exception = True  # a bad file surfaces as our DataError
-    ctx.enable_progress_bars = True
     # Ray Data reserves part of the CPUs per operator by default; on a small node that leaves
     # a CPU idle (as in pipeline/crf/dense.py)
     ctx.op_resource_reservation_enabled = False
@@ -102,12 +107,14 @@ def write_split(
         .repartition(target_num_rows_per_block=ROWS_PER_SHARD, strict=True)
     )
     try:
-        ds.write_parquet(
-            str(out_dir),
-            filename_provider=_filename_provider(),
-            min_rows_per_file=ROWS_PER_SHARD,
-            mode=SaveMode.OVERWRITE,
-        )
+        # one bar counting the examples loaded (pipeline/runtime/raylogs.py)
+        with data_progress(label or f"prepare {split}", len(ids), unit="img", op="Map(load)"):
+            ds.write_parquet(
+                str(out_dir),
+                filename_provider=_filename_provider(),
+                min_rows_per_file=ROWS_PER_SHARD,
+                mode=SaveMode.OVERWRITE,
+            )
     except Exception as exc:
         data_error = _unwrap_data_error(exc)
         if data_error is not None:

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.data.datasets.base import decode_image, decode_label
 from pipeline.data.datasets.bsds import unstack
@@ -34,6 +33,7 @@ from pipeline.evaluation.inference import eval_rows, multiscale_probs
 from pipeline.metrics.edges import evaluate_bsds, plot_pr_curve, write_edge_result
 from pipeline.metrics.nms import canny_edges, edge_nms
 from pipeline.report import plots
+from pipeline.runtime.progress import progress_bar
 
 __all__ = [
     "canny_maps",
@@ -161,7 +161,7 @@ def evaluate_edge_maps(
         gt_dir.mkdir()
         t0 = time.perf_counter()
         total = len(wanted) if wanted is not None else table.num_rows
-        bar = tqdm(maps, total=total, desc=f"{name} maps", unit="img", disable=not progress)
+        bar = progress_bar(maps, total=total, desc=f"{name} maps", unit="img", disable=not progress)
         for image_id, edge_map in bar:
             image_id = str(image_id)
             if wanted is not None and image_id not in wanted:

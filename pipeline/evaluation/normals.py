@@ -27,6 +27,7 @@ from pipeline.evaluation.inference import eval_rows, multiscale_probs
 from pipeline.metrics.normals import THRESHOLDS_DEG, NormalErrorAccumulator
 from pipeline.params import positive_list
 from pipeline.report import plots
+from pipeline.runtime.progress import progress_bar
 
 __all__ = [
     "NormalsPrediction",
@@ -112,12 +113,12 @@ def evaluate_normals(
 ) -> tuple[dict, list[NormalsPrediction]]:
     """Angular-error scores pooled over every valid pixel of ``table``, and the first few
     predictions (for the figure)."""
-    from tqdm import tqdm
-
     acc = NormalErrorAccumulator()
     kept: list[NormalsPrediction] = []
     preds = predict_normals(model, table, spec, precision=precision, scales=scales)
-    for p in tqdm(preds, total=table.num_rows, desc="evaluate normals", disable=not progress):
+    for p in progress_bar(
+        preds, total=table.num_rows, desc="evaluate normals", disable=not progress
+    ):
         acc.add(p.pred, p.truth)
         if len(kept) < keep_examples:
             kept.append(p)

@@ -20,6 +20,7 @@ from pipeline.data.loader import InputSpec
 from pipeline.errors import DataError
 from pipeline.evaluation.inference import predict
 from pipeline.runtime.fsutil import atomic_path
+from pipeline.runtime.progress import progress_bar
 
 SCORES_FILE = "scores.parquet"
 
@@ -34,14 +35,14 @@ def predict_scores(
     progress: bool = True,
 ) -> int:
     """Write ``out_dir/scores.parquet`` (see module docstring); returns the number of rows."""
-    from tqdm import tqdm
-
     ids = table.column("id").to_pylist()
     images = table.column("image").to_pylist()
     labels = table.column("label").to_pylist()
     rows: dict[str, list] = {k: [] for k in ("id", "image", "label", "height", "width", "probs")}
     preds = predict(model, table, spec, precision=precision)
-    for i, p in enumerate(tqdm(preds, total=table.num_rows, desc="predict", disable=not progress)):
+    for i, p in enumerate(
+        progress_bar(preds, total=table.num_rows, desc="predict", disable=not progress)
+    ):
         if p.id != str(ids[i]):
             raise DataError(f"prediction {i} is for {p.id}, expected {ids[i]}")
         probs = torch.softmax(p.scores, dim=0).numpy().astype(np.float32)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.data.loader import InputSpec
 from pipeline.evaluation.inference import Prediction, predict
 from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
 from pipeline.report import plots
 from pipeline.report.qualitative import QUALITATIVE_FILE, Example, save_examples
+from pipeline.runtime.progress import progress_bar
 
 
 def evaluate(
@@ -43,7 +43,9 @@ def evaluate(
     extra_hists = {c: np.zeros((n, n), np.int64) for c, n in extra_classes.items()}
     kept = []
     preds = predict(model, table, spec, precision=precision, loss_kind=loss_kind, scales=scales)
-    for p in tqdm(preds, total=table.num_rows, desc="evaluate", disable=not progress):
+    for p in progress_bar(
+        preds, total=table.num_rows, desc="evaluate", unit="img", disable=not progress
+    ):
         hist += confusion_matrix(p.label, p.pred, num_classes)
         for column, (truth, pred) in p.extra.items():
             extra_hists[column] += confusion_matrix(truth, pred, extra_classes[column])

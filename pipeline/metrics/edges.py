@@ -45,6 +45,7 @@ import numpy as np
 from pipeline.errors import DataError
 from pipeline.metrics.nms import edge_nms
 from pipeline.runtime.fsutil import atomic_path, write_text_atomic
+from pipeline.runtime.progress import progress_bar
 
 PRED_SUFFIXES = (".png", ".npy")
 
@@ -439,7 +440,6 @@ def evaluate_bsds(
     cluster schedules). Ray is initialised if needed (``RAY_ADDRESS`` honoured).
     """
     import ray
-    from tqdm.auto import tqdm
 
     if num_cpus is not None and num_cpus < 1:
         raise ValueError(f"num_cpus must be >= 1, got {num_cpus}")
@@ -455,7 +455,7 @@ def evaluate_bsds(
     results: dict[tuple[int, int], np.ndarray] = {}
     pending: dict[Any, tuple[int, int]] = {}
     next_task = 0
-    with tqdm(total=len(tasks), desc="BSDS eval", unit="task", disable=not progress) as bar:
+    with progress_bar(total=len(tasks), desc="BSDS eval", unit="task", disable=not progress) as bar:
         while next_task < len(tasks) or pending:
             while next_task < len(tasks) and len(pending) < limit:
                 job, block = tasks[next_task]

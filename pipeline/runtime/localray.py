@@ -27,12 +27,15 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.runtime import raylogs
+
 # every process of the cluster and every client: one auth mode for all (a client in token mode
 # rejects calls from cluster workers that are not, and the reverse)
 ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # 127.0.0.1, not the machine's public address
     "RAY_AUTH_MODE": "token",
     "RAY_USAGE_STATS_ENABLED": "0",
+    **raylogs.ENV,  # Ray Data in the cluster's workers: warnings only (a quiet `make repro`)
 }
 
 

@@ -2,8 +2,11 @@
 
 ``RAY_ADDRESS`` (or ``ray.address`` in params.yaml) connects to a running cluster (0.1-0.6 s
 instead of 4-7 s for a fresh local runtime, and how ``ray job submit`` runs stages remotely).
-Execution settings live in the ``ray`` section, which no stage declares as a DVC param: changing
-the worker count must not invalidate results.
+Without one, a fresh local runtime is started (``address="local"``): a bare ``ray.init()`` would
+join whatever cluster a ``ray start`` on this machine last recorded in /tmp/ray, someone else's
+included. Execution settings live in the ``ray`` section, which no stage declares as a DVC param:
+changing the worker count must not invalidate results. What Ray prints is set up here, once for
+every stage (``pipeline/runtime/raylogs.py``): warnings and one bar per named operation.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 import os
 
 from pipeline.params import Params
+from pipeline.runtime.raylogs import quiet_ray
 
 
 def init_ray(params: Params | None = None) -> None:
     import ray
 
+    quiet_ray()  # before the runtime starts: its worker processes inherit the environment
     if ray.is_initialized():
         return
     section = params.get("ray", {}) if params else {}
@@ -30,5 +35,3 @@ def init_ray(params: Params | None = None) -> None:
         include_dashboard=False,
         configure_logging=False,
     )
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True

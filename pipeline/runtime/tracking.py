@@ -5,6 +5,19 @@ it. ``make repro`` sets ``DENSEPIPE_RUN_GROUP`` to a fresh id per invocation; a 
 groups by git commit + params.yaml hash (the runs that produced one set of results). Each group
 has a parent run (``densepipe.parent = true``) so the MLflow UI nests the stages under it.
 
+The MLflow UI (3.17) opens an experiment on its GenAI overview unless the sidebar's workflow
+toggle says "Model training", a per-browser setting (default GenAI) that the experiment's
+``mlflow.experimentKind`` tag does not change: the tag only spares the "what kind of experiment"
+prompt. :func:`ui_url` is therefore the experiment's runs table with
+``?workflowType=machine_learning``, which opens it there in any browser; the train and evaluate
+stages print it. The URL also names a view the experiment carries (the UI's "shared view", an
+experiment tag ``mlflow.sharedViewState.<key>``): runs grouped by stage kind (train, evaluate,
+crf, ...) with the Dataset and Models columns, the main metrics (mean IU, ODS) and the model
+param, so runs compare at a glance instead of hiding under their collapsed parent run. The
+experiment also has a description (``mlflow.note.content``, shown above the table), its runs
+names (``train fcn32s``), model/dataset params and a dataset input, and train runs the final
+model (``mlflow.pytorch.load_model``).
+
 The store is a local SQLite file by default (``mlflow.tracking_uri`` in params.yaml); a relative
 ``sqlite:///`` path is made absolute against the repo root, because MLflow would otherwise
 silently create a new database in whatever directory a Ray worker runs in.
@@ -14,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +38,41 @@ from pipeline.params import Params, repo_root
 
 GROUP_TAG = "densepipe.group"
 PARENT_TAG = "densepipe.parent"
+#: what `make mlflow-ui` / `make mlflow-server` serve when the store is a local file
+LOCAL_UI = "http://127.0.0.1:5000"
+DESCRIPTION = """\
+densepipe: FCN, DeepLab v1 and PixelNet reproduced by a DVC + Ray pipeline.
+
+Each pipeline invocation is a parent run (`pipeline <group>`) with one child run per stage:
+`train <experiment>` (params `model`, `dataset`; `train_loss` and `val_*` curves; the final
+model), `evaluate <experiment>` (`mean_iu`, `pixel_acc`, ... or `ods`/`ois`/`ap` for edges),
+`crf`, `crf_search`, `sweep`. The link the stages print opens this table grouped by stage kind
+with the main metrics as columns; filter with e.g. `params.dataset = 'voc_fcn'`.
+"""
+KIND_TAG = "densepipe.kind"
+#: the runs table's view (MLflow 3.17's shared-view format: column ids and a grouping)
+VIEW_KEY = "densepipe"
+RUNS_VIEW = {
+    "selectedColumns": [
+        "attributes.`Dataset`",
+        "attributes.`Models`",
+        "metrics.`mean_iu`",
+        "metrics.`ods`",
+        "metrics.`after_mean_iu`",
+        "metrics.`val_mean_iu`",
+        "params.`model`",
+        "params.`dataset`",
+    ],
+    "groupBy": {
+        "aggregateFunction": "max",
+        "groupByKeys": [{"mode": "tag", "groupByData": KIND_TAG}],
+    },
+}
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",  # classic ML, not a GenAI app
+    "mlflow.note.content": DESCRIPTION,
+    f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(RUNS_VIEW),
+}
 
 
 def tracking_uri(params: Params) -> str:
@@ -68,7 +118,51 @@ def setup(params: Params) -> str:
         # artifacts beside the database, not in whatever directory the process runs in
         store = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         mlflow.create_experiment(name, artifact_location=store.as_uri())
-    return mlflow.set_experiment(name).experiment_id
+    experiment = mlflow.set_experiment(name)
+    client = mlflow.MlflowClient()
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def ui_url(params: Params, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI (see module docstring): on the tracking
+    server itself, or on ``make mlflow-ui`` for a local store."""
+    uri = tracking_uri(params)
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    query = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def log_dataset(name: str, path: Path, context: str) -> None:
+    """Name the prepared split a run read (the runs table's Dataset column): a reference, no
+    data is uploaded."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # two equivalent local-file source classes are registered
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(Path(path).resolve().as_uri())
+    mlflow.log_input(MetaDataset(source, name=name), context=context)
+
+
+def log_model(model, name: str = "model") -> str:
+    """Log a trained ``nn.Module`` to the active run; returns its URI for
+    ``mlflow.pytorch.load_model``. Pickled (the ``pt2`` format needs an export with fixed input
+    shapes), with the requirement pinned (inference would cost seconds); loading needs this
+    project's ``pipeline`` package importable."""
+    import mlflow
+    import torch
+
+    info = mlflow.pytorch.log_model(
+        model.eval(),
+        name=name,
+        serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+    return info.model_uri
 
 
 def _parent_run_id(experiment_id: str, group: str) -> str:
@@ -87,7 +181,7 @@ def _parent_run_id(experiment_id: str, group: str) -> str:
     run = client.create_run(
         experiment_id,
         run_name=f"pipeline {group}",
-        tags={GROUP_TAG: group, PARENT_TAG: "true"},
+        tags={GROUP_TAG: group, PARENT_TAG: "true", KIND_TAG: "pipeline"},
     )
     client.set_terminated(run.info.run_id)
     return run.info.run_id

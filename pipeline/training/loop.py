@@ -4,7 +4,9 @@
 model, load its initial weights (a convolutionalized classifier, or the coarser FCN of the
 staged recipe), then SGD/Adam over shards of the prepared Ray Dataset with the paper's loss,
 gradient accumulation, optional bf16 autocast and channels_last. Rank 0 logs to MLflow,
-validates, reports checkpoints to Ray Train and writes the final model.
+validates, reports checkpoints to Ray Train and writes the final model. Rank 0 also shows the
+console's view: one bar over optimizer steps with the loss, learning rate and time left
+(``pipeline/runtime/progress.py``: in place on a terminal, a line every 30 s in a log).
 
 Data parallelism is exact: the per-worker loss is normalised so that the all-reduced (averaged)
 gradient equals the single-worker gradient of the same global batch.
@@ -34,6 +36,8 @@ from pipeline.models.fastconv import use_fast_convs
 from pipeline.models.vgg import init_convs
 from pipeline.runtime.cpu_allocator import keep_freed_memory
 from pipeline.runtime.fsutil import atomic_path
+from pipeline.runtime.progress import progress_bar
+from pipeline.runtime.raylogs import quiet_ray
 from pipeline.training.losses import pixel_loss, predict_labels, sample_mask
 
 
@@ -298,6 +302,7 @@ def train_loop(cfg: dict, session=None) -> None:
     can stop a trial on them.
     """
     session = session or RayTrainSession()
+    quiet_ray()  # a Train worker is a process of its own: warnings only, as in the driver
     cfg = dict(cfg)
     checkpoint_every = int(cfg.pop("checkpoint_every", 0) or 0)
     config = TrainConfig(**cfg)
@@ -359,6 +364,10 @@ def train_loop(cfg: dict, session=None) -> None:
         history.append({"step": step, "resumed": True})  # in history.json: it happened
         if rank == 0:
             print(f"{Path(config.out_dir).name}: resumed at step {step}, epoch {epoch}", flush=True)
+    bar = None
+    if rank == 0:
+        name = Path(config.out_dir).name
+        bar = progress_bar(total=config.iterations, initial=step, desc=f"train {name}", unit="step")
     while step < config.iterations:
         batches = 0
         for batch in shard.iter_batches(
@@ -398,8 +407,9 @@ def train_loop(cfg: dict, session=None) -> None:
                 history.append({"step": step, "loss": step_loss, "time": time.time() - t0})
                 if step % config.log_every == 0 or step == 1 or step == config.iterations:
                     mlflow.log({"train_loss": step_loss}, step)
-                    lr = optimizer.param_groups[0]["lr"]
-                    print(_progress_line(config, step, step_loss, lr, time.time() - t0), flush=True)
+                lr = optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+                bar.update()
             # the same decision on every rank: all of them report (Ray Train expects it)
             validate = bool(config.val_every) and (
                 step % config.val_every == 0 or step == config.iterations
@@ -431,18 +441,8 @@ def train_loop(cfg: dict, session=None) -> None:
         _report(session, state, (rng, generator), checkpoint=save)
 
     if rank == 0:
+        bar.close()
         _save_final(net, config, history)
-
-
-def _progress_line(config: TrainConfig, step: int, loss: float, lr: float, elapsed: float) -> str:
-    """``fcn32s step 40/180 loss 1.2345 lr 1e-03 12.3 img/s ETA 0:01:05``: the console's view."""
-    images = step * config.accumulate * config.batch_size
-    eta = round(elapsed / step * (config.iterations - step))
-    return (
-        f"{Path(config.out_dir).name} step {step}/{config.iterations} loss {loss:.4f} "
-        f"lr {lr:.3g} {images / max(elapsed, 1e-9):.1f} img/s "
-        f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
-    )
 
 
 class _nullcontext:
@@ -598,7 +598,14 @@ def train(
     is the per-worker function (``train_loop``; tests wrap it to kill a worker); ``callbacks``
     are Ray Train ``UserCallback``s (a sweep trial forwards rank 0's reports to Tune with one).
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     scaling = ScalingConfig(
@@ -625,6 +632,9 @@ def train(
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
+            # the workers' and controller's console: warnings, not a line per report (the
+            # loop's bar shows progress); Ray's log files keep everything
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     trainer.fit()

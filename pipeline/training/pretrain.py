@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from pipeline.data.datasets.base import VOID
 from pipeline.data.loader import InputSpec, decode_rows, iter_rows
 from pipeline.models.vgg import VGG16Classifier
+from pipeline.runtime.progress import progress_bar
 
 PATCH = 32
 
@@ -93,7 +93,9 @@ def pretrain_classifier(
         order = torch.from_numpy(rng.permutation(len(x_train)))
         losses = []
         batches = range(0, len(order) - config.batch_size + 1, config.batch_size)
-        for start in tqdm(batches, desc=f"pretrain epoch {epoch + 1}", disable=not progress):
+        for start in progress_bar(
+            batches, desc=f"pretrain epoch {epoch + 1}", disable=not progress
+        ):
             idx = order[start : start + config.batch_size]
             xb = x_train[idx].contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):

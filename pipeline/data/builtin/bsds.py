@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from tqdm import tqdm
 
 from pipeline.data.builtin.voc import SHAPES, paint_object, shape_mask, textured_background
 from pipeline.runtime.fsutil import atomic_path
+from pipeline.runtime.progress import progress_bar
 
 SPLITS = ("train", "val", "test")
 ID_OFFSET = 100000  # BSDS ids are 2-6 digit numbers; ours are 6 digits from here
@@ -178,7 +178,7 @@ def write_builtin_bsds(root: Path, spec: BSDSBuiltinSpec, progress: bool = True)
     total = sum(len(r) for r in splits.values())
     with atomic_path(final) as tmp:
         data = tmp / "BSDS500" / "data"
-        bar = tqdm(total=total, desc="builtin BSDS", disable=not progress, unit="img")
+        bar = progress_bar(total=total, desc="builtin BSDS", disable=not progress, unit="img")
         for split, indices in splits.items():
             (data / "images" / split).mkdir(parents=True)
             (data / "groundTruth" / split).mkdir(parents=True)

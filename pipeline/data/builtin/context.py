@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.data.builtin.matfile import write_mat
 from pipeline.data.builtin.scenes import (
@@ -53,6 +52,7 @@ from pipeline.data.builtin.scenes import (
 from pipeline.data.builtin.voc import shape_mask
 from pipeline.data.datasets.context import CONTEXT_33, CONTEXT_59, FCN_RENAMES
 from pipeline.runtime.fsutil import atomic_path
+from pipeline.runtime.progress import progress_bar
 
 #: the release's labels.txt (index = position + 1), hard-coded: generation reads no fixture
 CONTEXT_459 = (
@@ -614,7 +614,7 @@ def write_builtin_context(root: Path, spec: ContextBuiltinSpec, progress: bool =
     with atomic_path(root / "VOCdevkit" / "VOC2010") as voc:
         (voc / "JPEGImages").mkdir(parents=True)
         (voc / "ImageSets" / "Main").mkdir(parents=True)
-        bar = tqdm(total=total, desc="builtin PASCAL-Context", disable=not progress)
+        bar = progress_bar(total=total, desc="builtin PASCAL-Context", disable=not progress)
         for split, indices in splits.items():
             ids = [context_example_id(i) for i in indices]
             for i, image_id in zip(indices, ids, strict=True):

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from pipeline.data.datasets.nyud import (
     FULL_SIZE,
@@ -54,6 +53,7 @@ from pipeline.data.datasets.nyud import (
 )
 from pipeline.data.encodings.normals import NYU_CAMERA, CameraIntrinsics
 from pipeline.runtime.fsutil import atomic_path
+from pipeline.runtime.progress import progress_bar
 
 # raw class k (1..894) -> 40-class category: ((k - 1) * 7) mod 40 + 1, about 22 raw classes
 # per category (7 is prime to 40), as the real map sends many raw names to one category
@@ -336,7 +336,9 @@ def write_builtin_nyud(root: Path, spec: NYUDBuiltinSpec, progress: bool = True)
     with atomic_path(final) as tmp:
         (tmp / "metadata").mkdir(parents=True)
         (tmp / "fcn-splits").mkdir()
-        bar = tqdm(total=spec.num_frames, desc="builtin NYUDv2", disable=not progress, unit="img")
+        bar = progress_bar(
+            total=spec.num_frames, desc="builtin NYUDv2", disable=not progress, unit="img"
+        )
         frames = []
         for i in range(spec.num_frames):
             frames.append(render_nyud_frame(spec, i))

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.data.builtin.matfile import write_mat
 from pipeline.data.builtin.scenes import Look, ellipse, paint_classes, rect, void_blobs
@@ -51,6 +50,7 @@ from pipeline.data.datasets.siftflow import (
     SUBDIR,
 )
 from pipeline.runtime.fsutil import atomic_path
+from pipeline.runtime.progress import progress_bar
 
 CATEGORIES = (
     "coast", "forest", "highway", "insidecity", "mountain", "opencountry", "street",
@@ -609,7 +609,7 @@ def write_builtin_siftflow(root: Path, spec: SIFTFlowBuiltinSpec, progress: bool
         folders = {k: tmp / k / SUBDIR for k in ("Images", "SemanticLabels", "GeoLabels")}
         for folder in folders.values():
             folder.mkdir(parents=True)
-        bar = tqdm(total=spec.num_images, desc="builtin SIFT Flow", disable=not progress)
+        bar = progress_bar(total=spec.num_images, desc="builtin SIFT Flow", disable=not progress)
         for i in range(spec.num_images):
             image_id = siftflow_example_id(spec, i)
             image, semantic, geometric = render_siftflow_example(spec, i)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from tqdm import tqdm
 
 from pipeline.runtime.fsutil import atomic_path
+from pipeline.runtime.progress import progress_bar
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -165,7 +165,7 @@ def write_builtin_voc(root: Path, spec: BuiltinSpec, progress: bool = True) -> P
             "val": range(spec.num_train, spec.num_train + spec.num_val),
         }
         total = spec.num_train + spec.num_val
-        bar = tqdm(total=total, desc="builtin data", disable=not progress, unit="img")
+        bar = progress_bar(total=total, desc="builtin data", disable=not progress, unit="img")
         for split, indices in splits.items():
             ids = []
             for i in indices:

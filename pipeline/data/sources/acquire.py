@@ -447,7 +447,10 @@ def prepare_dataset(
         written = {}
         for prepared, split in config.splits.items():
             written[prepared] = stack.enter_context(atomic_path(Path(out_root) / prepared))
-            counts[prepared] = write_split(dataset, root, split, written[prepared], ids[prepared])
+            label = f"prepare {config.name}/{split}"
+            counts[prepared] = write_split(
+                dataset, root, split, written[prepared], ids[prepared], label=label
+            )
             out = os.path.relpath(Path(out_root) / prepared)
             log(f"{config.name}/{split}: {counts[prepared]} examples -> {out}")
         check_prepared(config.name, written, config.splits)

@@ -47,10 +47,10 @@ from typing import Any
 import requests
 import urllib3
 import yaml
-from tqdm import tqdm
 
 from pipeline.errors import DataError, DownloadError
 from pipeline.runtime.fsutil import atomic_path, write_text_atomic
+from pipeline.runtime.progress import progress_bar
 
 try:  # POSIX only; elsewhere concurrent fetches of one source are simply not serialised
     import fcntl
@@ -430,7 +430,7 @@ def _fetch_once(
         received = 0
         with (
             open(part, "ab" if offset else "wb") as f,
-            tqdm(
+            progress_bar(
                 total=expected_total,
                 initial=offset,
                 unit="B",

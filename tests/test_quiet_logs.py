@@ -1,0 +1,56 @@
+"""A stage's output in a log (not a terminal): Ray Data's progress blocks ("Total Progress",
+operators "backpressured", every 10 s) and execution chatter stay out, a prepare shows one bar
+with its count, warnings stay visible, and a bar in a log is a few whole lines."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+
+from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
+from pipeline.data.datasets.voc import VOC
+from pipeline.data.prepare import write_split
+from pipeline.runtime.progress import progress_bar
+from pipeline.runtime.raycluster import init_ray
+
+RAY_DATA_NOISE = (
+    "logging_progress",
+    "Running Dataset",
+    "Total Progress",
+    "backpressured",
+    "Starting execution",
+    "Execution plan",
+    "execution finished",
+    "Progress bars disabled",
+)
+
+
+def test_prepare_prints_one_bar_and_no_ray_data_progress_blocks(ray_local, tmp_path, capfd):
+    init_ray()  # what every stage runs first (the runtime itself is the session's)
+    raw = write_builtin_voc(tmp_path / "raw", BuiltinSpec(num_train=8, num_val=2, size=40), False)
+    capfd.readouterr()
+    written = write_split(VOC(), raw, "train", tmp_path / "train", label="prepare voc/train")
+    logging.getLogger("ray.data").warning("a Ray Data warning stays visible")
+    captured = capfd.readouterr()
+    text = captured.out + captured.err
+    assert written == 8
+    assert not [noise for noise in RAY_DATA_NOISE if noise in text], text[-3000:]
+    bars = [line for line in text.splitlines() if line.startswith("prepare voc/train:")]
+    assert bars and "8/8" in bars[-1] and len(bars) <= 3, text[-3000:]
+    assert "\r" not in text
+    assert "a Ray Data warning stays visible" in text
+    # the processes Ray starts from a stage inherit the same setting
+    assert os.environ["RAY_DATA_LOG_LEVEL"] == "WARNING"
+
+
+def test_a_bar_in_a_log_is_a_few_whole_lines():
+    log = io.StringIO()  # not a terminal
+    for _ in progress_bar(range(3000), file=log, desc="evaluate", unit="img", log_interval=0.05):
+        time.sleep(0.0001)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue()
+    assert 2 <= len(lines) <= 20, lines
+    assert lines[0].startswith("evaluate:   0%") and "3000/3000" in lines[-1]
+    assert len([line for line in lines if "3000/3000" in line]) == 1  # close adds no repeat
