@@ -91,20 +91,16 @@ class _TorchLattice:
         codes[:, 1:] -= d1 * ranked_w[:, :d].cumsum(1)
         codes = codes.reshape(-1)
         sorted_codes, perm = _sort_codes(codes, sum(bits) + gbits)
-        uniq, inv, counts = torch.unique_consecutive(
-            sorted_codes, return_inverse=True, return_counts=True
-        )
+        uniq, inv = torch.unique_consecutive(sorted_codes, return_inverse=True)
         m = uniq.numel()
         offset = torch.empty_like(inv).scatter_(0, perm, inv)  # 4x faster than offset[perm]=
         self.n, self.m, self.d1 = n, m, d1
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self.offset = offset.reshape(n, d1)  # lattice vertex of each (pixel, simplex corner)
         self.bary = bary.contiguous()
-        self.crow = torch.zeros(m + 1, dtype=torch.long, device=dev)  # splat rows: vertices
-        self.crow[1:] = counts.cumsum(0)
-        self.perm = perm  # (pixel, corner) entries in vertex order
         # blur neighbours along each lattice axis j: key -1 everywhere but +d at j, and back;
-        # a missing neighbour is -1
+        # a missing neighbour is -1. (Vertices stay in code order: renumbering them by first use
+        # in pixel order made the CPU mean field slower, not faster.)
         self.blur = []
         for j in range(d1):
             step = one_all - (d1 * int(weight[j]) if j < d else 0)
@@ -209,23 +205,44 @@ class _LatticeFilter:
                 pair.append(torch.cat(parts))
             self.blur.append((starts[first], *pair))
         self.total = total
+        if self.cpu:  # each axis as one CSR (a row: itself + half its neighbours): 1 pass not 4
+            self.blur = [_blur_matrix(lo, n1, n2, total) for lo, n1, n2 in self.blur]
 
     def __call__(self, x: Any, add: Any = None) -> Any:
         """``add + sum_k out_k * K_k(in_k * x)`` for x of N x C."""
         if self.cpu:
-            v = torch.from_numpy(self.splat @ x.numpy())
+            v = self.splat @ x.numpy()
+            for blur in self.blur:
+                v = blur @ v
+            out = torch.from_numpy(self.slice @ v)
         else:
             v = self.splat @ x
-        v = torch.cat([v, v.new_zeros(1, v.shape[1])])
-        a, b = torch.empty_like(v), torch.empty_like(v)
-        for lo, n1, n2 in self.blur:  # v += (v[n1] + v[n2]) / 2 from the old v: gathers first
-            rows = n1.numel()
-            torch.index_select(v, 0, n1, out=a[:rows])
-            torch.index_select(v, 0, n2, out=b[:rows])
-            v[lo : lo + rows].add_(a[:rows].add_(b[:rows]), alpha=0.5)
-        v = v[: self.total]
-        out = torch.from_numpy(self.slice @ v.numpy()) if self.cpu else self.slice @ v
+            v = torch.cat([v, v.new_zeros(1, v.shape[1])])
+            a, b = torch.empty_like(v), torch.empty_like(v)
+            for lo, n1, n2 in self.blur:  # v += (v[n1] + v[n2]) / 2 from the old v
+                rows = n1.numel()
+                torch.index_select(v, 0, n1, out=a[:rows])
+                torch.index_select(v, 0, n2, out=b[:rows])
+                v[lo : lo + rows].add_(a[:rows].add_(b[:rows]), alpha=0.5)
+            out = self.slice @ v[: self.total]
         return out if add is None else out.add_(add)
+
+
+def _blur_matrix(lo: int, n1: Any, n2: Any, total: int) -> Any:
+    """SciPy CSR of one blur axis: rows < lo keep their value, the others add half of each
+    neighbour (``n1``/``n2`` for rows lo.., ``total`` = missing: weight 0 on the row itself)."""
+    rows = n1.numel()
+    own = torch.arange(lo, lo + rows)
+    half = []
+    for nb in (n1, n2):
+        missing = nb == total
+        half.append((torch.where(missing, own, nb), torch.where(missing, 0.0, 0.5)))
+    col = torch.stack([own, half[0][0], half[1][0]], 1).reshape(-1)
+    val = torch.stack([torch.ones(rows), half[0][1], half[1][1]], 1).reshape(-1)
+    col = torch.cat([torch.arange(lo), col]).numpy()
+    val = torch.cat([torch.ones(lo), val]).numpy()
+    crow = torch.cat([torch.arange(lo), lo + 3 * torch.arange(rows + 1)]).numpy()
+    return sparse.csr_matrix((val, col, crow), (total, total))
 
 
 def _softmax_(x: Any) -> Any:
