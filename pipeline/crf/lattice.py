@@ -1,8 +1,8 @@
 """The dense CRF in torch: a permutohedral lattice exactly as densecrf builds it, batched.
 
 The same mean field as pydensecrf (``pipeline.crf.dense``), on CPU or GPU, several images in one
-lattice. Labels agree with pydensecrf on >= 99.9% of pixels (tests/test_crf.py, real VOC images),
-and on one CPU core it is at least as fast per image (benchmarks/bench_crf.py --compare).
+lattice. Labels agree with pydensecrf on >= 99.9% of pixels (tests/test_crf.py, real VOC images);
+on one CPU core it takes about pydensecrf's time per image (benchmarks/bench_crf.py).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class _TorchLattice:
         self.bary = bary.contiguous()
         # blur neighbours along each lattice axis j: key -1 everywhere but +d at j, and back;
         # a missing neighbour is -1. (Vertices stay in code order: renumbering them by first use
-        # in pixel order made the CPU mean field slower, not faster.)
+        # in pixel order was tried for cache locality and was not faster on CPU.)
         self.blur = []
         for j in range(d1):
             step = one_all - (d1 * int(weight[j]) if j < d else 0)
