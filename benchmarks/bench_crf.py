@@ -1,29 +1,39 @@
-"""Dense-CRF throughput through ``refine_dataset`` with 1 and 2 Ray CPUs, side by side.
+"""Dense CRF speed: pydensecrf vs the torch backend per image, and Ray throughput at 1 and 2 CPUs.
 
 Inputs are realistic 500x375, 21-class score maps (``pipeline.crf.synthetic.synthetic_example``:
 smooth stride-8-like scores over a piecewise-constant segmentation with a matching image), encoded
-as the predict stage writes them (image PNG, ``encode_probs`` PNG). Each CPU setting gets a fresh
-local Ray runtime and a warm-up pass (worker start and imports are not CRF cost); the timed pass
-runs the whole Ray Data pipeline (decode, CRF, encode) and materialises the result.
+as the predict stage writes them (image PNG, ``encode_probs`` PNG).
 
-    .venv/bin/python benchmarks/bench_crf.py                # 16 images, CPUs 1 and 2
-    .venv/bin/python benchmarks/bench_crf.py --images 16 --cpus 1 2 4 --backend pydensecrf
+Default: both backends on the same images, interleaved, with torch at 1 and 2 threads: wall and
+CPU seconds per image (``time.process_time``, robust to other load on the machine) and the
+torch / pydensecrf ratio, label agreement (also on the real VOC images in the fixtures when
+found), and batched images/s on a GPU when one is available. Goal: torch <= pydensecrf per core.
 
+``--ray``: throughput of ``refine_dataset`` instead; each CPU setting gets a fresh local Ray
+runtime and a warm-up pass (worker start and imports are not CRF cost); the timed pass runs the
+whole Ray Data pipeline (decode, CRF, encode) and materialises the result.
 Goal: 2 CPUs >= 1.8x the images/s of 1 CPU (the CRF is single-threaded C++, one row per task).
+
+    .venv/bin/python benchmarks/bench_crf.py                # per image, pydensecrf vs torch
+    .venv/bin/python benchmarks/bench_crf.py --ray --images 16 --cpus 1 2 4 --backend torch
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipeline.crf.dense import refine, refine_dataset
+from pipeline.crf.lattice import refine_torch_batch
 from pipeline.crf.params import CRFParams
-from pipeline.crf.synthetic import synthetic_example
+from pipeline.crf.synthetic import synthetic_example, synthetic_scores
 from pipeline.crf.transport import encode_probs
 from pipeline.data.datasets.base import encode_png
 
@@ -51,8 +61,6 @@ def in_process_latency(rows: list[dict], classes: int, backend: str, repeats: in
     from pipeline.data.datasets.base import decode_image
 
     if backend == "torch":
-        import torch
-
         torch.set_num_threads(1)  # one core, like a 1-CPU Ray task (Ray sets OMP_NUM_THREADS)
     out = []
     for row in rows[:repeats]:
@@ -65,6 +73,116 @@ def in_process_latency(rows: list[dict], classes: int, backend: str, repeats: in
         refine(image, probs, CRFParams(), backend)
         out.append(time.perf_counter() - t0)
     return out
+
+
+def voc_examples() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The real VOC images of the fixtures with DCNN-like scores from their labels (or none)."""
+    from PIL import Image
+
+    env = os.environ.get("DENSEPIPE_FIXTURES")
+    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    voc = root / "VOC2012"
+    out = []
+    for jpg in sorted((voc / "JPEGImages").glob("*.jpg")):
+        png = voc / "SegmentationClassAug" / f"{jpg.stem}.png"
+        if png.exists():
+            image = np.asarray(Image.open(jpg).convert("RGB"))
+            label = np.asarray(Image.open(png))
+            out.append((jpg.stem, image, synthetic_scores(label, 21, seed=1, noise=1.0)))
+    return out
+
+
+def timed(fn, *args) -> tuple[object, float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def compare_backends(examples: list, threads: list[int], repeats: int) -> list[dict]:
+    """Per-image wall and CPU seconds of both backends on the same images, interleaved."""
+    params = CRFParams()
+    rows = []
+    for n in threads:
+        torch.set_num_threads(n)
+        image, probs = examples[0][1], examples[0][2]
+        refine(image, probs, params), refine(image, probs, params, "torch")  # warm-up
+        t = {k: [] for k in ("pyd_wall", "pyd_cpu", "torch_wall", "torch_cpu")}
+        agree = []
+        for _ in range(repeats):
+            for _, image, probs in examples:
+                ref, wall, cpu = timed(refine, image, probs, params)
+                t["pyd_wall"].append(wall)
+                t["pyd_cpu"].append(cpu)
+                out, wall, cpu = timed(refine, image, probs, params, "torch")
+                t["torch_wall"].append(wall)
+                t["torch_cpu"].append(cpu)
+                agree.append(float((out == ref).mean()))
+        row = {"threads": n, **{k: statistics.median(v) for k, v in t.items()}}
+        row["agreement_min"] = min(agree)
+        rows.append(row)
+    return rows
+
+
+def gpu_images_per_s(examples: list, batches: list[int]) -> dict[int, float]:
+    """Batched images/s of the torch backend on CUDA (one lattice per batch)."""
+    out = {}
+    for b in batches:
+        images = [examples[i % len(examples)][1] for i in range(b)]
+        probs = [examples[i % len(examples)][2] for i in range(b)]
+        refine_torch_batch(images, probs, device="cuda")  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            refine_torch_batch(images, probs, device="cuda")
+        torch.cuda.synchronize()
+        out[b] = 3 * b / (time.perf_counter() - t0)
+    return out
+
+
+def print_comparison(args: argparse.Namespace) -> dict:
+    examples = []
+    for i in range(args.images):
+        image, probs, _ = synthetic_example(args.height, args.width, args.classes, seed=1000 + i)
+        examples.append((f"synth_{i}", image, probs))
+    rows = compare_backends(examples, args.cpus, args.repeats)
+    print(
+        f"per image, {args.width}x{args.height}x{args.classes}, {CRFParams().iterations} "
+        f"iterations, {args.images} images x {args.repeats} (medians; CPU = process time)"
+    )
+    print("\n| threads | pydensecrf wall | torch wall | torch/pyd wall | pydensecrf CPU "
+          "| torch CPU | torch/pyd CPU | agreement (min) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['threads']} | {r['pyd_wall']:.3f} s | {r['torch_wall']:.3f} s "
+            f"| {r['torch_wall'] / r['pyd_wall']:.2f} | {r['pyd_cpu']:.3f} s "
+            f"| {r['torch_cpu']:.3f} s | {r['torch_cpu'] / r['pyd_cpu']:.2f} "
+            f"| {100 * r['agreement_min']:.3f}% |"
+        )
+    one = next((r for r in rows if r["threads"] == 1), None)
+    if one:
+        ratio = one["torch_cpu"] / one["pyd_cpu"]
+        verdict = "meets" if ratio <= 1.0 else "misses"
+        print(f"\ntorch / pydensecrf CPU time per core = {ratio:.2f} ({verdict} the <= 1 goal)")
+    payload = {"per_image": rows}
+    voc = voc_examples()
+    if voc:
+        torch.set_num_threads(1)
+        print("\nreal VOC images (fixtures), 1 thread: agreement, torch/pyd CPU time")
+        payload["voc"] = {}
+        for name, image, probs in voc:
+            ref, _, cpu_ref = timed(refine, image, probs, CRFParams())
+            out, _, cpu = timed(refine, image, probs, CRFParams(), "torch")
+            agree = float((out == ref).mean())
+            payload["voc"][name] = {"agreement": agree, "cpu_ratio": cpu / cpu_ref}
+            size = f"{image.shape[1]}x{image.shape[0]}"
+            print(f"  {name} {size}: {100 * agree:.3f}%, {cpu / cpu_ref:.2f}")
+    if torch.cuda.is_available():
+        ips = gpu_images_per_s(examples, [1, 8, 32])
+        payload["gpu_images_per_s"] = ips
+        name = torch.cuda.get_device_name()
+        print(f"\n{name}: " + ", ".join(f"batch {b}: {v:.1f} images/s" for b, v in ips.items()))
+    return payload
 
 
 def throughput(rows: list[dict], cpus: int, backend: str) -> dict[str, float]:
@@ -113,7 +231,9 @@ def throughput(rows: list[dict], cpus: int, backend: str) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--ray", action="store_true", help="Ray throughput instead of per image")
+    ap.add_argument("--images", type=int, help="default: 4 per image, 16 with --ray")
+    ap.add_argument("--repeats", type=int, default=2, help="passes over the images (per image)")
     ap.add_argument("--cpus", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--height", type=int, default=375)
     ap.add_argument("--width", type=int, default=500)
@@ -122,6 +242,14 @@ def main() -> None:
     ap.add_argument("--latency-images", type=int, default=3)
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
+    if args.images is None:
+        args.images = 16 if args.ray else 4
+    if not args.ray:
+        payload = print_comparison(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(payload, f, indent=2)
+        return
 
     t0 = time.perf_counter()
     rows = make_rows(args.images, args.height, args.width, args.classes)
