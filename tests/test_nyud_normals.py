@@ -368,8 +368,23 @@ def test_pixelnet_normals_experiment_and_each_sets_datasets():
         assert config.num_classes == 3 and config.task == "normals"
     assert train_config(_params("all"), "pixelnet-normals", root=REPO).iterations <= 60
     # each experiment set lists the datasets it reads: `run: *all` also builds nyud
-    assert build_list(_params("all")) == ["voc_aug", "voc_fcn", "bsds", "nyud"]
-    assert build_list(_params("default")) == ["voc_aug", "voc_fcn", "bsds"]
+    assert build_list(_params("all")) == [
+        "voc_aug",
+        "voc_fcn",
+        "bsds",
+        "nyud",
+        "siftflow",
+        "context59",
+        "context33",
+    ]
+    assert build_list(_params("default")) == [
+        "voc_aug",
+        "voc_fcn",
+        "bsds",
+        "nyud",
+        "siftflow",
+        "context59",
+    ]
     assert "nyud" in build_list(_params("all"))
 
 

@@ -171,9 +171,11 @@ def test_download_checks_every_listed_file_up_front(tmp_path):
     for folder in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
         (voc / folder).mkdir(parents=True)
     (voc / "ImageSets/Segmentation/train_aug.txt").write_text("\n".join(ids) + "\n")
-    (voc / "ImageSets/Segmentation/val.txt").write_text(ids[0] + "\n")
-    for i in ids:
+    held = "2011_000009"  # a val image outside train_aug (the leakage guard checks that)
+    (voc / "ImageSets/Segmentation/val.txt").write_text(held + "\n")
+    for i in [*ids, held]:
         (voc / "SegmentationClassAug" / f"{i}.png").write_bytes(b"")
+    (voc / "JPEGImages" / f"{held}.jpg").write_bytes(b"")
     for i in ids[:2]:
         (voc / "JPEGImages" / f"{i}.jpg").write_bytes(b"")
     data = yaml.safe_load((REPO / "params.yaml").read_text())
