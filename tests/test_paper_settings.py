@@ -396,7 +396,7 @@ PAPER_SETTINGS: list[tuple[str, str, Any, str]] = [
     ),
     ("pixelnet-seg", "model_options.layers", CONV5, f"{PN_NET}: conv-{{1_2,2_2,3_3,4_3,5_3}}"),
     ("pixelnet-seg", "model_options.mlp", [4096, 4096], f"{PN_NET}: 3 fc layers of 4,096"),
-    ("pixelnet-seg", "entry:dataset", "context", PN_CONTEXT),
+    ("pixelnet-seg", "entry:dataset", "context59", PN_CONTEXT),
     ("pixelnet-seg-fc1", "lr", 1e-7, "PixelNet §4.1 Analysis-1: fc-1 at initial lr 1e-7"),
     ("pixelnet-seg-fc1", "model_options.mlp", [], "PixelNet Table 1: fc-1 (linear)"),
     ("pixelnet-seg-fc2", "lr", 1e-7, "PixelNet §4.1 Analysis-1: fc-2 at initial lr 1e-7"),
@@ -429,7 +429,7 @@ PAPER_SETTINGS: list[tuple[str, str, Any, str]] = [
         [0.25, 0.5, 1.0],
         "PixelNet §4.1 Analysis-4: test-time average over 0.25x, 0.5x and 1x",
     ),
-    ("pixelnet-seg-conv7-multiscale", "entry:dataset", "context", PN_CONTEXT),
+    ("pixelnet-seg-conv7-multiscale", "entry:dataset", "context59", PN_CONTEXT),
     # -- PixelNet edges ----------------------------------------------------------------------
     ("pixelnet-edges", "entry:task", "edges", "PixelNet §4.3 Baseline: sigmoid cross-entropy"),
     ("pixelnet-edges", "entry:dataset", "bsds", "PixelNet §4.3: BSDS500"),
@@ -497,20 +497,9 @@ PAPER_SETTINGS: list[tuple[str, str, Any, str]] = [
 
 _PIXELNET_TRAIN = "experiments.default.train.pixelnet-seg.train (&pixelnet_train)"
 _PIXELNET_EDGES = "experiments.default.train.pixelnet-edges.train (&pixelnet_edges)"
-_MULTISCALE = "experiments.all.train.pixelnet-seg-conv7-multiscale"
 
 #: rows where params.yaml disagrees with the paper: (experiment, setting) -> xfail reason
-WRONG: dict[tuple[str, str], str] = {
-    ("pixelnet-seg", "entry:dataset"): (
-        "params.yaml says voc_aug (experiments.default.train.pixelnet-seg.dataset, whose comment "
-        "claims context59 under profile paper), paper PixelNet §4.1 / Tables 1-3 say "
-        "PASCAL-Context 59 (data.context)"
-    ),
-    ("pixelnet-seg-conv7-multiscale", "entry:dataset"): (
-        f"params.yaml says voc_aug ({_MULTISCALE}.dataset), paper PixelNet §4.1 / Table 3 says "
-        "PASCAL-Context 59"
-    ),
-}
+WRONG: dict[tuple[str, str], str] = {}
 
 
 def _cases() -> list:
