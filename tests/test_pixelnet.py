@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from pipeline.models.pixelnet import (
     upsample_rows,
 )
 from pipeline.models.sampling import valid_pixels
+from pipeline.training.reproducible import make_reproducible
 
 W = 1 / 8
 
@@ -138,6 +140,48 @@ def test_sampling_gradient_is_the_interpolation_adjoint() -> None:
     feat = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
     pts = torch.tensor([[0, 0, 0], [0, 5, 7], [0, 11, 15], [0, 3, 9]])
     assert torch.autograd.gradcheck(lambda f: sample_features(f, pts, tap), (feat,))
+
+
+def test_gather_gradient_is_bit_identical_while_other_threads_work() -> None:
+    """The hypercolumn gather's backward sums many points into one map: with 2 threads torch
+    does it with atomic adds in arrival order unless deterministic kernels are on, and a busy
+    thread beside training (Ray Data's prefetch) then changes the sum's last bits."""
+    tap = Tap("t", 64, 1, 1.0, 0.0)
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(2, 64, 48, 48, generator=g, requires_grad=True)
+    pts = torch.stack(
+        [
+            torch.randint(0, 2, (6000,)),
+            torch.randint(0, 48, (6000,)),
+            torch.randint(0, 48, (6000,)),
+        ],
+        1,
+    )
+    upstream = torch.randn(6000, 64, generator=g)
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            a = np.random.default_rng(0).random((200, 200))
+            (a @ a).sum()
+
+    before = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.set_num_threads(2)  # the race needs two (this module runs with one)
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    try:
+        make_reproducible(0)
+        grads = set()
+        for _ in range(20):
+            feat.grad = None
+            (sample_features(feat, pts, tap) * upstream).sum().backward()
+            grads.add(feat.grad.numpy().tobytes())
+    finally:
+        stop.set()
+        thread.join()
+        torch.use_deterministic_algorithms(before[0])
+        torch.set_num_threads(before[1])
+    assert len(grads) == 1
 
 
 # --- model: sparse vs dense, tiling, gradients ---------------------------------------------

@@ -39,6 +39,7 @@ from pipeline.runtime.fsutil import atomic_path
 from pipeline.runtime.progress import progress_bar
 from pipeline.runtime.raylogs import quiet_ray
 from pipeline.training.losses import pixel_loss, predict_labels, sample_mask
+from pipeline.training.reproducible import make_reproducible
 
 
 @dataclass
@@ -307,7 +308,7 @@ def train_loop(cfg: dict, session=None) -> None:
     checkpoint_every = int(cfg.pop("checkpoint_every", 0) or 0)
     config = TrainConfig(**cfg)
     rank, world = session.rank, session.world
-    torch.manual_seed(config.seed)
+    make_reproducible(config.seed)
     device = session.device
     if device.type == "cpu":
         keep_freed_memory()  # no page faults on every step (pipeline/runtime/cpu_allocator.py)

@@ -24,6 +24,7 @@ from pipeline.data.datasets.base import VOID
 from pipeline.data.loader import InputSpec, decode_rows, iter_rows
 from pipeline.models.vgg import VGG16Classifier
 from pipeline.runtime.progress import progress_bar
+from pipeline.training.reproducible import make_reproducible
 
 PATCH = 32
 
@@ -73,7 +74,7 @@ def pretrain_classifier(
     train_table, val_table, spec: InputSpec, config: PretrainConfig, progress: bool = True
 ) -> tuple[dict, list[dict]]:
     """Train the classifier; return its state dict and per-epoch history (loss, val accuracy)."""
-    torch.manual_seed(config.seed)
+    make_reproducible(config.seed)
     rng = np.random.default_rng(config.seed)
     model = VGG16Classifier(config.num_classes, width=config.width)
     model = model.to(memory_format=torch.channels_last)
