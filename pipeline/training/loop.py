@@ -41,6 +41,11 @@ from pipeline.runtime.raylogs import quiet_ray
 from pipeline.training.losses import pixel_loss, predict_labels, sample_mask
 from pipeline.training.reproducible import make_reproducible
 
+#: a checkpoint's files: the full training state; in Ray Train's local mode (no workers) the
+#: folder under ``storage/name`` that the loop keeps it in
+STATE_FILE = "state.pt"
+LOCAL_CHECKPOINT = "local_checkpoint"
+
 
 @dataclass
 class TrainConfig:
@@ -218,13 +223,21 @@ def evaluate_model(
 
 class RayTrainSession:
     """What ``train_loop`` asks of its runner, on a Ray Train worker: rank, data, checkpoints,
-    reports. (A sweep trial that trains in its own process passes ``TuneTrialSession``.)"""
+    reports. (A sweep trial that trains in its own process passes ``TuneTrialSession``.)
 
-    def __init__(self):
+    ``local_checkpoint``: the folder that holds the checkpoint when Ray Train runs the loop in
+    the driver's process (``num_workers: 0``, its "local mode"). Local mode keeps a reported
+    checkpoint only in memory, so a killed driver would start again from step 0; this session
+    writes it there itself (atomically: a killed write leaves the previous one) and restores
+    from it.
+    """
+
+    def __init__(self, local_checkpoint: str | None = None):
         import ray.train
         import ray.train.torch
 
         self._train = ray.train
+        self._local = Path(local_checkpoint) if local_checkpoint else None
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -238,13 +251,25 @@ class RayTrainSession:
             return None
 
     def checkpoint(self):
+        if self._local is not None:
+            found = (self._local / STATE_FILE).is_file()
+            return self._train.Checkpoint.from_directory(self._local) if found else None
         return self._train.get_checkpoint()
 
     def report(self, metrics: dict, folder: str | None = None) -> None:
         if folder is None:
             self._train.report(metrics)
+        elif self._local is not None:
+            keep_checkpoint(folder, self._local)
+            self._train.report(metrics)
         else:
             self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(folder))
+
+
+def keep_checkpoint(folder: str | Path, target: Path) -> None:
+    """Copy a checkpoint folder onto ``target``, replacing the previous one atomically."""
+    with atomic_path(target) as tmp:
+        shutil.copytree(folder, tmp)
 
 
 class TuneTrialSession:
@@ -295,17 +320,18 @@ def train_loop(cfg: dict, session=None) -> None:
     trial's process (``TuneTrialSession``).
 
     ``cfg`` is a TrainConfig as a dict plus ``checkpoint_every`` (an execution setting: optimizer
-    steps between checkpoints, 0 = epoch ends only). A restarted worker group (a lost worker or
+    steps between checkpoints, 0 = epoch ends only) and, in Ray Train's local mode,
+    ``local_checkpoint`` (see ``RayTrainSession``). A restarted worker group (a lost worker or
     node, ``ray.max_failures``) or a rerun of a killed driver resumes from the last checkpoint:
     weights, optimizer, scheduler, counters, history and every random state, then skips the
     batches of the current epoch it had already consumed, so it ends where an uninterrupted run
     ends. Every validation (``val_every``) is reported with its metrics, so a sweep's scheduler
     can stop a trial on them.
     """
-    session = session or RayTrainSession()
-    quiet_ray()  # a Train worker is a process of its own: warnings only, as in the driver
     cfg = dict(cfg)
     checkpoint_every = int(cfg.pop("checkpoint_every", 0) or 0)
+    session = session or RayTrainSession(cfg.pop("local_checkpoint", None))
+    quiet_ray()  # a Train worker is a process of its own: warnings only, as in the driver
     config = TrainConfig(**cfg)
     rank, world = session.rank, session.world
     make_reproducible(config.seed)
@@ -482,9 +508,6 @@ def _validate(net, rows, spec, config, device, autocast, history, mlflow, step) 
     mlflow.log(metrics, step)
 
 
-STATE_FILE = "state.pt"
-
-
 def _state(net, optimizer, scheduler, step, micro, epoch, batches, history, t0) -> dict:
     """Everything a resumed run needs but the per-worker random states (``_report`` adds them):
     ``batches`` of epoch ``epoch`` are consumed (0 at an epoch end)."""
@@ -535,7 +558,6 @@ def _report(session, state: dict, generators: tuple, checkpoint: bool = True) ->
         "torch_rng": [e[2] for e in every],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(state["model"], Path(tmp) / "model.pt")
         torch.save(state, Path(tmp) / STATE_FILE)
         session.report(metrics, folder=tmp)
 
@@ -616,14 +638,17 @@ def train(
     )
     # Ray Data streams blocks in whatever order they finish unless told otherwise; with that
     # default two runs of the built-in PixelNet config parted after one epoch (step 20 of 200:
-    # 89.3 vs 84.0 mean IU). Keeping the order moved the first difference to step 126 (89.6 vs
-    # 89.4): some run-to-run variation is left (not yet traced).
+    # 89.3 vs 84.0 mean IU). (The last variation, in the 7th digit, was a CPU kernel's atomic
+    # adds: pipeline/training/reproducible.py.)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True
     storage = storage_path or tempfile.mkdtemp(prefix="densepipe-ray-")
+    loop_config = {**asdict(config), "checkpoint_every": checkpoint_every}
+    if not num_workers:  # local mode: the loop keeps its checkpoint on disk itself
+        loop_config["local_checkpoint"] = str(Path(storage) / name / LOCAL_CHECKPOINT)
     trainer = TorchTrainer(
         loop,
-        train_loop_config={**asdict(config), "checkpoint_every": checkpoint_every},
+        train_loop_config=loop_config,
         scaling_config=scaling,
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest),
