@@ -229,7 +229,7 @@ def train_config(
         init=init,
         reset_head=reset,
         task=entry["task"],
-        input=input_settings(params, entry, options, entry["mask"]["train"]),
+        input=input_settings(params, entry["dataset"], options, entry["mask"]["train"]),
         **merged,
     )
 
@@ -315,16 +315,20 @@ def run_name(params: Params, name: str, config: TrainConfig, root: Path | None =
     return f"train-{name}-{digest.hexdigest()[:12]}"
 
 
-def input_settings(params: Params, entry: dict, model_options: dict, mask: str) -> dict:
-    """:class:`InputSpec` fields of an experiment: the ``input`` section (the dataset's own
-    mean colour where ``input.dataset_mean_bgr`` has one, as FCN's NYUD and SIFT Flow layers
-    subtract), the model's input ``modality`` and the label columns of its extra heads."""
+def input_settings(
+    params: Params, dataset: str, model_options: dict | None = None, mask: str = "none"
+) -> dict:
+    """:class:`InputSpec` fields for a model reading ``dataset``: the ``input`` section (the
+    dataset's own mean colour where ``input.dataset_mean_bgr`` has one, as FCN's NYUD and SIFT
+    Flow layers subtract), the model's input ``modality`` and the label columns of its extra
+    heads (``model_options``: none for a plain RGB classifier such as the backbone)."""
+    model_options = model_options or {}
     section = dict(params.section("input"))
     choice("input.norm", section.get("norm"), ("caffe", "torchvision"))
     means = section.pop("dataset_mean_bgr", None) or {}
-    mean = means.get(entry["dataset"], section["mean_bgr"])
+    mean = means.get(dataset, section["mean_bgr"])
     if not isinstance(mean, list | tuple) or len(mean) != 3:
-        raise ParamsError(f"input mean for {entry['dataset']!r} must be 3 numbers, got {mean!r}")
+        raise ParamsError(f"input mean for {dataset!r} must be 3 numbers, got {mean!r}")
     return {
         **section,
         "mean_bgr": tuple(float(v) for v in mean),
@@ -337,7 +341,7 @@ def input_settings(params: Params, entry: dict, model_options: dict, mask: str) 
 def input_spec(params: Params, key: str, mask: str = "none") -> InputSpec:
     """How experiment ``key``'s rows become network input at test time (``mask``: Table 8)."""
     entry = experiment(params, key)
-    return InputSpec(**input_settings(params, entry, entry["model_options"], mask))
+    return InputSpec(**input_settings(params, entry["dataset"], entry["model_options"], mask))
 
 
 def load_trained(params: Params, key: str, root: Path | None = None):
@@ -402,7 +406,7 @@ def weights_model(
     if classes and len(classes) != n_classes:
         raise ParamsError(f"--dataset {dataset} has {len(classes)} classes, the model {n_classes}")
     net = load_weights_file(model, weights, n_classes, width=width, **options)
-    settings = input_settings(params, {"dataset": dataset}, options, "none")
+    settings = input_settings(params, dataset, options)
     return TrainedModel(
         model=net,
         name=Path(weights).stem,

@@ -44,11 +44,7 @@ def main() -> None:
             state, history = pretrain_classifier(
                 read_prepared_table(prepared / "train"),
                 read_prepared_table(prepared / "val"),
-                InputSpec(
-                    **input_settings(
-                        params, {"dataset": params.get("backbone.dataset")}, {}, "none"
-                    )
-                ),
+                InputSpec(**input_settings(params, params.get("backbone.dataset"))),
                 config,
             )
             for h in history:
