@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on this machine (head with 0 CPUs, two 1-CPU worker nodes, all
 on 127.0.0.1, token auth on) and a real ``mlflow server``: a sweep submitted with
-``ray job submit`` runs ``dvc repro`` of its stage on the cluster, its trials land on both
-worker nodes, its outputs arrive in the project (on storage every node shares: here, one
+``ray job submit`` runs ``dvc repro`` of its stage on the cluster, its trials (each a Ray Train
+group) land on both worker nodes, its outputs arrive in the project (on storage every node shares: here, one
 machine's disk), and MLflow holds the sweep as a parent run with one child run per trial.
 """
 
@@ -35,7 +35,9 @@ SWEEP = {
     "scheduler": {"kind": "fifo"},
     "report_every": 2,
     "max_concurrent": 2,
-    "resources": {"cpus": 1},
+    # each trial a Ray Train group of one worker (the trial's own process holds 0.01 CPU): a
+    # whole trial fits one 1-CPU node, so the two run at once, one per node
+    "resources": {"cpus": 0.99, "workers": 1},
 }
 
 
