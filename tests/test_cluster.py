@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on this machine (head with 0 CPUs, two 1-CPU worker nodes, all
 on 127.0.0.1, token auth on) and a real ``mlflow server``: a sweep submitted with
-``ray job submit`` runs ``dvc repro`` of its stage on the cluster, its trials (each a Ray Train
-group) land on both worker nodes, its outputs arrive in the project (on storage every node shares: here, one
+``ray job submit`` runs ``dvc repro`` of its stage on the cluster, its trials land on both
+worker nodes, its outputs arrive in the project (on storage every node shares: here, one
 machine's disk), and MLflow holds the sweep as a parent run with one child run per trial.
 """
 
@@ -23,7 +23,10 @@ from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
 from pipeline.data.datasets.voc import VOC
 from pipeline.data.prepare import prepare_split
 from pipeline.models.vgg import VGG16Classifier
+from pipeline.params import load_params
 from pipeline.runtime.localray import LocalCluster
+from pipeline.sweeps.spec import sweep_spec
+from pipeline.sweeps.tuning import run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +38,15 @@ SWEEP = {
     "scheduler": {"kind": "fifo"},
     "report_every": 2,
     "max_concurrent": 2,
-    # each trial a Ray Train group of one worker (the trial's own process holds 0.01 CPU): a
-    # whole trial fits one 1-CPU node, so the two run at once, one per node
-    "resources": {"cpus": 0.99, "workers": 1},
+    "resources": {"cpus": 1},
+}
+# a trial that is a Ray Train group (one worker here): the trial's process holds 0.01 CPU and
+# its TorchTrainer's worker a placement group of its own
+SWEEP_DDP = {
+    **SWEEP,
+    "space": {"train.lr": {"grid": [1.0e-3]}},
+    "max_concurrent": 1,
+    "resources": {"cpus": 1, "workers": 1},
 }
 
 
@@ -49,7 +58,7 @@ def cluster_params(params: dict) -> dict:
         "train": {"tinyfcn": {"model": "fcn32s", "dataset": "voc", "init": "backbone"}},
         "crf": [],
         "datasets": ["voc"],
-        "sweeps": {"multinode": SWEEP},
+        "sweeps": {"multinode": SWEEP, "ddp": SWEEP_DDP},
     }
     return params
 
@@ -129,6 +138,18 @@ def test_a_sweep_submitted_as_a_ray_job_runs_on_both_worker_nodes(cluster, mlflo
         assert trial.info.status == "FINISHED"
         history = client.get_metric_history(trial.info.run_id, "val_mean_iu")
         assert [m.step for m in history] == [2, 4]
+
+
+def test_a_sweep_trial_can_be_a_ray_train_group(project):
+    """``resources.workers`` > 0: each trial starts a TorchTrainer (on the suite's 2-CPU
+    runtime) whose rank 0 reports reach Tune, so the rows and the validation history fill."""
+    root, _ = project
+    params = load_params(root / "params.yaml")
+    spec = sweep_spec(params, "ddp")
+    rows = run_sweep(params, spec, root)
+    assert [(r.status, r.steps) for r in rows] == [("finished", 4)]
+    assert [step for step, _ in rows[0].history] == [2, 4]
+    assert 0.0 <= rows[0].best <= 1.0
 
 
 # -- training that survives: a 2-worker DDP run (one worker per node) on the same cluster ------

@@ -269,8 +269,10 @@ def run_sweep(
     trainable = tune.with_parameters(
         _trial, params=params, spec=spec, root=root, datasets=datasets, models=str(models)
     )
-    bundles = [spec.trial_bundle()] + [spec.worker_bundle()] * spec.resources["workers"]
-    resources = tune.PlacementGroupFactory([b for b in bundles if b])
+    # the trial's own process only: a trial with Ray Train workers starts a TorchTrainer whose
+    # workers request their own placement group (reserving them here too would hold them
+    # twice, and the trainer would wait for ever for resources its own trial holds)
+    resources = tune.PlacementGroupFactory([spec.trial_bundle()])
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=_search_space(spec),
@@ -278,9 +280,12 @@ def run_sweep(
             metric=spec.metric,
             mode=spec.mode,
             num_samples=spec.num_samples,
-            max_concurrent_trials=spec.max_concurrent,
             scheduler=_scheduler(spec),
-            search_alg=BasicVariantGenerator(random_state=spec.seed),
+            # the limit goes to the generator itself: Tune ignores ``max_concurrent_trials``
+            # (with only a warning) when the search algorithm is a BasicVariantGenerator
+            search_alg=BasicVariantGenerator(
+                random_state=spec.seed, max_concurrent=spec.max_concurrent
+            ),
             trial_name_creator=lambda t: _trial_name(t.trial_id),
             trial_dirname_creator=lambda t: _trial_name(t.trial_id),
         ),
