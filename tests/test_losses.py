@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.training.losses import pixel_loss, sample_mask
+from pipeline.training.losses import labelled_cross_entropy, pixel_loss, sample_mask
 
 
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.9])
@@ -32,3 +32,18 @@ def test_sampled_loss_counts_only_kept_pixels():
     full = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert total.item() == pytest.approx(full[:, :2].sum().item(), rel=1e-5)
     assert norm.item() == 8
+
+
+def test_validation_loss_is_the_cross_entropy_of_the_labelled_pixels_only():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, 6, generator=generator)
+    labels = torch.randint(0, 5, (2, 7, 6), generator=generator)
+    labels[0, :2] = 255  # void
+    labels[1, 3, 3] = 9  # outside the classes: not scored, as the confusion matrix does
+    total, count = labelled_cross_entropy(logits, labels)
+    reference = torch.nn.functional.cross_entropy(
+        logits, torch.where(labels == 9, 255, labels), ignore_index=255, reduction="sum"
+    )
+    assert count == 2 * 7 * 6 - 2 * 6 - 1
+    assert total == pytest.approx(float(reference), rel=1e-6)
+    assert labelled_cross_entropy(logits, torch.full((2, 7, 6), 255)) == (0.0, 0)

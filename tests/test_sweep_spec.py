@@ -17,7 +17,7 @@ from pipeline.sweeps.spec import (
     sweep_spec,
     trial_config,
 )
-from pipeline.sweeps.tuning import check_resources
+from pipeline.sweeps.tuning import _scheduler, check_resources
 
 RAW = yaml.safe_load((repo_root() / "params.yaml").read_text())
 BASE = {
@@ -84,6 +84,19 @@ def test_the_task_picks_the_default_metric_and_mode():
     assert (spec.metric, spec.mode, spec.task) == ("val_ods", "max", "edges")
 
 
+def test_asha_rungs_compare_the_sweeps_metric_or_the_one_its_scheduler_names():
+    spec = sweep_spec(params_with(), "s")
+    assert (spec.scheduler["metric"], spec.scheduler["mode"]) == ("val_mean_iu", "max")
+    assert spec.scheduler_label == "asha"
+    rungs = {**BASE["scheduler"], "metric": "val_loss"}
+    spec = sweep_spec(params_with({"scheduler": rungs}), "s")
+    assert (spec.metric, spec.mode) == ("val_mean_iu", "max")  # what the sweep picks the best by
+    assert (spec.scheduler["metric"], spec.scheduler["mode"]) == ("val_loss", "min")
+    assert spec.scheduler_label == "asha on val_loss"
+    asha = _scheduler(spec)
+    assert (asha.metric, asha._mode) == ("val_loss", "min")  # what its rungs compare
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -114,6 +127,12 @@ def test_the_task_picks_the_default_metric_and_mode():
         ({"scheduler": {"kind": "asha", "grace_period": 400}}, "grace_period = 400 exceeds"),
         ({"scheduler": {"kind": "asha", "grace_period": 5, "reduction_factor": 1}}, "> 1"),
         ({"scheduler": {"kind": "fifo", "grace_period": 5}}, "apply to asha only"),
+        (
+            {"scheduler": {"kind": "asha", "grace_period": 10, "metric": "val_ods"}},
+            "sweeps.s.scheduler.metric: 'val_ods' is not produced by task 'segmentation'",
+        ),
+        ({"scheduler": {"kind": "asha", "grace_period": 10, "metric": 3}}, "scheduler.metric"),
+        ({"scheduler": {"kind": "fifo", "metric": "val_loss"}}, "apply to asha only"),
         ({"resources": {"cpus": 0}}, "sweeps.s.resources.cpus"),
         ({"resources": {"tpus": 1}}, "sweeps.s.resources: unknown key"),
         ({"fixed": {"train.lr": 0.1}}, "both swept (space) and fixed"),

@@ -74,7 +74,7 @@ def summary(spec: SweepSpec, rows: list[TrialRow]) -> dict:
         "experiment": spec.experiment,
         "metric": spec.metric,
         "mode": spec.mode,
-        "scheduler": spec.scheduler["kind"],
+        "scheduler": spec.scheduler_label,
         "best": best.best,
         "best_trial": best.trial,
         "best_values": {k: _plain(v) for k, v in best.values.items()},

@@ -38,6 +38,7 @@ TASK_METRICS = {
         "val_pixel_acc": "max",
         "val_mean_acc": "max",
         "val_fw_iu": "max",
+        "val_loss": "min",  # cross-entropy per labelled pixel: no plateau for ASHA to tie on
     },
     "edges": {"val_ods": "max", "val_ois": "max", "val_ap": "max"},
     "normals": {
@@ -78,6 +79,15 @@ class SweepSpec:
     @property
     def where(self) -> str:
         return f"sweeps.{self.name}"
+
+    @property
+    def scheduler_label(self) -> str:
+        """``asha``, or ``asha on val_loss`` when its rungs compare another metric than the
+        sweep's."""
+        rungs = self.scheduler.get("metric")
+        if rungs and rungs != self.metric:
+            return f"{self.scheduler['kind']} on {rungs}"
+        return self.scheduler["kind"]
 
     def trial_bundle(self) -> dict:
         """Resources of the trial's own process: all of them when it trains itself (no Train
@@ -160,6 +170,17 @@ def sweep_spec(params: Params, name: str) -> SweepSpec:
         )
     mode = choice(f"{where}.mode", entry.get("mode") or TASK_METRICS[task][metric], ("min", "max"))
     scheduler = _scheduler(entry.get("scheduler") or {"kind": "fifo"}, f"{where}.scheduler")
+    if scheduler["kind"] == "asha":
+        # what ASHA compares at its rungs: the sweep's metric unless it names another
+        rung_metric = scheduler.get("metric") or metric
+        if rung_metric not in TASK_METRICS[task]:
+            raise ParamsError(
+                f"{where}.scheduler.metric: {rung_metric!r} is not produced by task {task!r} "
+                f"(experiment {base!r}); it reports {sorted(TASK_METRICS[task])}"
+            )
+        same = rung_metric == metric
+        rung_mode = mode if same else TASK_METRICS[task][rung_metric]
+        scheduler = {**scheduler, "metric": rung_metric, "mode": rung_mode}
     resources = {"cpus": 1, "gpus": 0, "workers": 0, **(entry.get("resources") or {})}
     unknown = sorted(set(resources) - set(RESOURCE_KEYS))
     if unknown:
@@ -241,14 +262,22 @@ def _scheduler(raw: Any, where: str) -> dict:
         if extra:
             raise ParamsError(f"{where}: {extra} apply to asha only")
         return {"kind": "fifo"}
-    extra = sorted(set(raw) - {"kind", "grace_period", "reduction_factor"})
+    extra = sorted(set(raw) - {"kind", "grace_period", "reduction_factor", "metric"})
     if extra:
         raise ParamsError(f"{where}: unknown key(s) {extra}")
     grace = positive(f"{where}.grace_period", raw.get("grace_period"), kind=int)
     factor = raw.get("reduction_factor", 2)
     if not _is_number(factor) or factor <= 1:
         raise ParamsError(f"{where}.reduction_factor must be a number > 1, got {factor!r}")
-    return {"kind": "asha", "grace_period": grace, "reduction_factor": float(factor)}
+    metric = raw.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise ParamsError(f"{where}.metric must be a validation metric's name, got {metric!r}")
+    return {
+        "kind": "asha",
+        "grace_period": grace,
+        "reduction_factor": float(factor),
+        "metric": metric,
+    }
 
 
 def corner_values(spec: SweepSpec) -> list[dict]:

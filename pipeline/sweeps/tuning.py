@@ -111,6 +111,8 @@ def _scheduler(spec: SweepSpec):
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr="step",
+        metric=spec.scheduler["metric"],
+        mode=spec.scheduler["mode"],
         max_t=spec.iterations,
         grace_period=spec.scheduler["grace_period"],
         reduction_factor=spec.scheduler["reduction_factor"],
@@ -276,9 +278,9 @@ def run_sweep(
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=_search_space(spec),
+        # no metric here: ASHA carries its own (the rungs may compare another one, e.g.
+        # val_loss), and the best trial is picked from the rows (``best_row``)
         tune_config=tune.TuneConfig(
-            metric=spec.metric,
-            mode=spec.mode,
             num_samples=spec.num_samples,
             scheduler=_scheduler(spec),
             # the limit goes to the generator itself: Tune ignores ``max_concurrent_trials``
@@ -320,7 +322,7 @@ def _row(spec: SweepSpec, result) -> TrialRow:
     if result.error is not None:
         status, reason = "failed", str(result.error).strip().splitlines()[-1][:200]
     elif steps < spec.iterations:
-        status, reason = "stopped early", f"{spec.scheduler['kind']} at step {steps}"
+        status, reason = "stopped early", f"{spec.scheduler_label} at step {steps}"
     else:
         status, reason = "finished", ""
     return TrialRow(

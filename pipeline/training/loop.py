@@ -38,7 +38,12 @@ from pipeline.runtime.cpu_allocator import keep_freed_memory
 from pipeline.runtime.fsutil import atomic_path
 from pipeline.runtime.progress import progress_bar
 from pipeline.runtime.raylogs import quiet_ray
-from pipeline.training.losses import pixel_loss, predict_labels, sample_mask
+from pipeline.training.losses import (
+    labelled_cross_entropy,
+    pixel_loss,
+    predict_labels,
+    sample_mask,
+)
 from pipeline.training.reproducible import make_reproducible
 
 #: a checkpoint's files: the full training state; in Ray Train's local mode (no workers) the
@@ -187,11 +192,13 @@ VAL_EDGE_THRESHOLDS = benchmark_thresholds(9)
 def evaluate_model(
     model, rows, spec: InputSpec, num_classes: int, device, autocast, task: str = "segmentation"
 ) -> dict:
-    """Mean IU etc. of ``model`` over prepared rows (batch 1: images keep their own size);
-    for ``task="normals"`` the angular errors (mean, median, ... in degrees); for
-    ``task="edges"`` ODS / OIS / AP of the NMS'd maps (``VAL_EDGE_THRESHOLDS``)."""
+    """Mean IU etc. of ``model`` over prepared rows (batch 1: images keep their own size), and
+    ``loss``: the mean cross-entropy per labelled pixel; for ``task="normals"`` the angular
+    errors (mean, median, ... in degrees); for ``task="edges"`` ODS / OIS / AP of the NMS'd
+    maps (``VAL_EDGE_THRESHOLDS``)."""
     model.eval()
     hist = np.zeros((num_classes, num_classes), np.int64)
+    loss_sum, labelled = 0.0, 0
     normals = NormalErrorAccumulator()
     edge_ids, edge_counts = [], []
     with torch.no_grad():
@@ -212,13 +219,15 @@ def evaluate_model(
             pred = predict_labels(logits.float()).cpu().numpy()
             truth = y[:, 0] if y.ndim == 4 else y  # validation scores the main head
             hist += confusion_matrix(truth.numpy(), pred, num_classes)
+            image_loss, image_pixels = labelled_cross_entropy(logits, truth)
+            loss_sum, labelled = loss_sum + image_loss, labelled + image_pixels
     model.train()
     if task == "edges":
         result = score_counts(edge_ids, np.stack(edge_counts), VAL_EDGE_THRESHOLDS)
         return {"ods": result.ods.f, "ois": result.ois.f, "ap": result.ap}
     if task == "normals":
         return {k.replace(".", "_"): v for k, v in normals.scores().items() if k != "n_pixels"}
-    return segmentation_scores(hist)
+    return {**segmentation_scores(hist), "loss": loss_sum / labelled if labelled else math.nan}
 
 
 class RayTrainSession:

@@ -62,6 +62,20 @@ def pixel_loss(
     return total, norm
 
 
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Summed softmax cross-entropy over the labelled pixels (0 <= label < classes) and their
+    count: validation's loss, the same measure whatever the training loss's normalisation or
+    kind. Unlike mean IU it moves before the first object pixel is predicted right, which is
+    what lets ASHA part trials still level on the all-background plateau."""
+    labels = labels.to(logits.device).long()
+    valid = (labels >= 0) & (labels < logits.shape[1])
+    if not bool(valid.any()):
+        return 0.0, 0
+    log_probs = torch.log_softmax(logits.float(), 1)
+    picked = log_probs.gather(1, labels.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
+    return float(-picked[valid].double().sum()), int(valid.sum())
+
+
 def predict_labels(logits: torch.Tensor, kind: str = "softmax", threshold: float = 0.5):
     """Class map from logits; for ``sigmoid-null`` background where no class passes threshold."""
     if kind == "sigmoid-null":
