@@ -8,12 +8,16 @@ import io
 import logging
 import os
 import time
+import warnings
+
+from ray.data import ExecutionOptions, ExecutionResources
 
 from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
 from pipeline.data.datasets.voc import VOC
 from pipeline.data.prepare import write_split
 from pipeline.runtime.progress import progress_bar
 from pipeline.runtime.raycluster import init_ray
+from pipeline.runtime.raylogs import quiet_ray
 
 RAY_DATA_NOISE = (
     "logging_progress",
@@ -63,3 +67,14 @@ def test_a_bar_in_a_log_is_a_few_whole_lines():
     assert 2 <= len(lines) <= 20, lines
     assert lines[0].startswith("evaluate:   0%") and "3000/3000" in lines[-1]
     assert len([line for line in lines if "3000/3000" in line]) == 1  # close adds no repeat
+
+
+def test_ray_trains_own_deprecation_is_filtered_and_other_warnings_are_not():
+    quiet_ray()  # Ray Data's context is made here (it warns about its own deprecated fields)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # pytest's settings ignore DeprecationWarning
+        quiet_ray()  # again: its filter goes in front
+        ExecutionOptions(exclude_resources=ExecutionResources(cpu=1))  # what Ray Train does
+        warnings.warn("a deprecation of ours stays visible", DeprecationWarning, stacklevel=1)
+    messages = [str(w.message) for w in seen]
+    assert messages == ["a deprecation of ours stays visible"], messages

@@ -11,6 +11,7 @@ every stage (``pipeline/runtime/raylogs.py``): warnings and one bar per named op
 
 from __future__ import annotations
 
+import logging
 import os
 
 from pipeline.params import Params
@@ -26,7 +27,9 @@ def init_ray(params: Params | None = None) -> None:
     section = params.get("ray", {}) if params else {}
     address = os.environ.get("RAY_ADDRESS") or section.get("address")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # warnings only: "Connecting to existing Ray cluster" twice per stage is noise in a
+        # `make repro` of twenty stages (they all join its one head)
+        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         return
     ray.init(
         address="local",  # a fresh runtime: never another Ray instance of this machine
