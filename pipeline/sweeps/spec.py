@@ -170,17 +170,15 @@ def sweep_spec(params: Params, name: str) -> SweepSpec:
         )
     mode = choice(f"{where}.mode", entry.get("mode") or TASK_METRICS[task][metric], ("min", "max"))
     scheduler = _scheduler(entry.get("scheduler") or {"kind": "fifo"}, f"{where}.scheduler")
-    if scheduler["kind"] == "asha":
-        # what ASHA compares at its rungs: the sweep's metric unless it names another
-        rung_metric = scheduler.get("metric") or metric
-        if rung_metric not in TASK_METRICS[task]:
+    if scheduler["kind"] == "asha":  # its rungs compare the sweep's metric unless it names one
+        rungs = scheduler["metric"] or metric
+        if rungs not in TASK_METRICS[task]:
             raise ParamsError(
-                f"{where}.scheduler.metric: {rung_metric!r} is not produced by task {task!r} "
+                f"{where}.scheduler.metric: {rungs!r} is not produced by task {task!r} "
                 f"(experiment {base!r}); it reports {sorted(TASK_METRICS[task])}"
             )
-        same = rung_metric == metric
-        rung_mode = mode if same else TASK_METRICS[task][rung_metric]
-        scheduler = {**scheduler, "metric": rung_metric, "mode": rung_mode}
+        rungs_mode = mode if rungs == metric else TASK_METRICS[task][rungs]
+        scheduler.update(metric=rungs, mode=rungs_mode)
     resources = {"cpus": 1, "gpus": 0, "workers": 0, **(entry.get("resources") or {})}
     unknown = sorted(set(resources) - set(RESOURCE_KEYS))
     if unknown:

@@ -68,12 +68,9 @@ def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
     kind. Unlike mean IU it moves before the first object pixel is predicted right, which is
     what lets ASHA part trials still level on the all-background plateau."""
     labels = labels.to(logits.device).long()
-    valid = (labels >= 0) & (labels < logits.shape[1])
-    if not bool(valid.any()):
-        return 0.0, 0
-    log_probs = torch.log_softmax(logits.float(), 1)
-    picked = log_probs.gather(1, labels.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
-    return float(-picked[valid].double().sum()), int(valid.sum())
+    in_range = (labels >= 0) & (labels < logits.shape[1])
+    total, _ = pixel_loss(logits, labels.masked_fill(~in_range, VOID), "softmax", "pixel")
+    return float(total), int(in_range.sum())
 
 
 def predict_labels(logits: torch.Tensor, kind: str = "softmax", threshold: float = 0.5):
