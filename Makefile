@@ -27,8 +27,11 @@ repro: $(STAMP)
 	DENSEPIPE_RUN_GROUP=$(RUN_GROUP) $(BIN)/python -m pipeline.runtime.localray -- $(BIN)/dvc repro
 	@echo "Results: reports/results.md   MLflow UI: make mlflow-ui"
 
+# two xdist workers, one test module each at a time (tests/conftest.py starts the long ones
+# first): the suite is mostly process start-up and Ray scheduling, so two overlap well on 2 cores
+TEST_WORKERS ?= 2
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # profile: paper at full width on the real-data slices in ../shared/data, with trial limits
 # (tests/test_paper_smoke.py; skips with a reason when the fixtures are absent)

@@ -157,18 +157,17 @@ def test_second_repro_is_a_no_op_and_param_change_is_local(project):
     params["run"]["train"]["fcn16s"]["train"]["lr"]["tiny"] = 5e-4
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(run(["dvc", "status", "--json"], root, env))
-    # fcn16s's own stages read the param (and the report lists the run set); downstream ones
-    # follow once it reruns (its model changes); nothing upstream reruns
+    # fcn16s's own stages read the param (and the report lists the run set); nothing upstream
     assert set(status) == {"train@fcn16s", "evaluate@fcn16s", "report"}
-    out = run(["dvc", "repro"], root, env)
+    # once fcn16s retrains (its model changes), FCN-8s, initialised from it, is out of date
+    # too, through its model dependency; what it would in turn invalidate (evaluate@fcn8s) is
+    # the same mechanism one level down, left unrun to keep the suite short
+    out = run(["dvc", "repro", "--single-item", "train@fcn16s"], root, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {
-        "train@fcn16s",
-        "train@fcn8s",
-        "evaluate@fcn16s",
-        "evaluate@fcn8s",
-        "report",
-    }
+    assert ran == {"train@fcn16s"}
+    status = json.loads(run(["dvc", "status", "--json"], root, env))
+    assert set(status) == {"train@fcn8s", "evaluate@fcn16s", "report"}
+    assert {"changed deps": {"models/fcn16s": "modified"}} in status["train@fcn8s"]
 
 
 def test_mlflow_holds_finished_runs_with_metrics_and_artifacts(project):

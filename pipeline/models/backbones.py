@@ -35,7 +35,6 @@ __all__ = [
 ALEXNET_CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 _ALEXNET_CHANNELS = (64, 192, 384, 256, 256)
 
-_tv_googlenet = importlib.import_module("torchvision.models.googlenet")
 #: torchvision's Inception configurations: (in, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool)
 _INCEPTION = OrderedDict(
     inception3a=(192, 64, 96, 128, 16, 32, 32),
@@ -107,7 +106,11 @@ def googlenet_features(
     width: float = 1.0, *, conv1_pad: int = 100, upto: str = "inception5b"
 ) -> nn.Sequential:
     """torchvision GoogLeNet conv1 .. inception5b (its module names), aux heads and avgpool cut."""
-    basic = _tv_googlenet.BasicConv2d
+    # imported here, not at the top: torchvision costs every stage 1.6 s (it imports
+    # torch._dynamo) and only the GoogLeNet experiments use it (the module, not the builder
+    # function that torchvision.models.googlenet names)
+    tv_googlenet = importlib.import_module("torchvision.models.googlenet")
+    basic = tv_googlenet.BasicConv2d
     layers: OrderedDict[str, nn.Module] = OrderedDict(
         transform_input=InputTransform(),
         conv1=basic(3, scaled(64, width), kernel_size=7, stride=2, padding=conv1_pad),
@@ -119,7 +122,7 @@ def googlenet_features(
     in_ch = scaled(192, width)
     for name, cfg in _INCEPTION.items():
         ch = [scaled(c, width) for c in cfg[1:]]
-        layers[name] = _tv_googlenet.Inception(in_ch, *ch)
+        layers[name] = tv_googlenet.Inception(in_ch, *ch)
         in_ch = ch[0] + ch[2] + ch[4] + ch[5]
         if name == upto:
             break

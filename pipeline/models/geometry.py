@@ -10,6 +10,7 @@ transposed convolution ``scale = stride`` and ``shift = (k - 1)/2 - pad``.  Frac
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -175,10 +176,8 @@ register_pointwise(
 )
 
 
-def _register_torchvision() -> None:
+def _register_torchvision_googlenet() -> None:
     """torchvision's GoogLeNet blocks: conv+BN(+functional ReLU) and the four-branch Inception."""
-    import importlib
-
     # the attribute torchvision.models.googlenet is the builder function, not the module
     tv_googlenet = importlib.import_module("torchvision.models.googlenet")
 
@@ -191,13 +190,20 @@ def _register_torchvision() -> None:
         return parallel([m.branch1, m.branch2, m.branch3, m.branch4], g)
 
 
-_register_torchvision()
+#: handlers registered when a module of that package is first traced: importing torchvision
+#: costs 1.6 s (it imports torch._dynamo), which the stages that never build GoogLeNet (all but
+#: its own experiments) should not pay
+_LAZY_HANDLERS = {"torchvision.models.googlenet": _register_torchvision_googlenet}
 
 
 def _handler(module: nn.Module) -> Handler:
     for cls in type(module).__mro__:
         if cls in _HANDLERS:
             return _HANDLERS[cls]
+    register = _LAZY_HANDLERS.pop(type(module).__module__, None)
+    if register is not None:
+        register()
+        return _handler(module)
     raise TypeError(
         f"no geometry known for {type(module).__name__}: register it with "
         "pipeline.models.geometry.register_handler (or register_pointwise)"
