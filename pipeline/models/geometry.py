@@ -10,11 +10,12 @@ transposed convolution ``scale = stride`` and ``shift = (k - 1)/2 - pad``.  Frac
 
 from __future__ import annotations
 
-import importlib
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from math import ceil
+from types import ModuleType
 
 from torch import nn
 
@@ -176,10 +177,8 @@ register_pointwise(
 )
 
 
-def _register_torchvision_googlenet() -> None:
+def _register_torchvision_googlenet(tv_googlenet: ModuleType) -> None:
     """torchvision's GoogLeNet blocks: conv+BN(+functional ReLU) and the four-branch Inception."""
-    # the attribute torchvision.models.googlenet is the builder function, not the module
-    tv_googlenet = importlib.import_module("torchvision.models.googlenet")
 
     @register_handler(tv_googlenet.BasicConv2d)
     def _basic(m: nn.Module, g: Geometry) -> Geometry:
@@ -202,7 +201,7 @@ def _handler(module: nn.Module) -> Handler:
             return _HANDLERS[cls]
     register = _LAZY_HANDLERS.pop(type(module).__module__, None)
     if register is not None:
-        register()
+        register(sys.modules[type(module).__module__])  # imported: here is one of its modules
         return _handler(module)
     raise TypeError(
         f"no geometry known for {type(module).__name__}: register it with "
