@@ -89,3 +89,27 @@ def test_run_set_is_an_alias_of_a_declared_set():
     raw = tiny_raw()
     assert raw["run"] == raw["experiments"]["default"]
     assert set(raw["experiments"]["default"]["train"]) < set(raw["experiments"]["all"]["train"])
+
+
+def test_yaml_is_parsed_by_libyaml_with_the_pure_parsers_result():
+    """params.yaml is read ~30 times by a no-op `dvc repro` (ruamel.yaml, once per params
+    dependency) and once or more by every stage (PyYAML): both must use their C parser, and
+    the C parsers must give exactly what the pure-Python ones give on the project's YAML."""
+    import yaml
+    from ruamel.yaml import YAML
+
+    from pipeline.params import parse_yaml
+
+    ruamel_fast = YAML(typ="safe")  # as dvc.utils.serialize.parse_yaml builds it
+    assert ruamel_fast.Parser.__name__ == "CParser", "ruamel.yaml.clib missing: DVC parses slowly"
+    assert yaml.__with_libyaml__
+    files = [REPO / "params.yaml", REPO / "dvc.yaml"]
+    files += sorted((REPO / "pipeline").rglob("*.yaml"))
+    for path in files:
+        text = path.read_text()
+        pure = yaml.load(text, Loader=yaml.SafeLoader)
+        assert parse_yaml(text) == pure, path
+        fast = ruamel_fast.load(text)
+        assert fast == YAML(typ="safe", pure=True).load(text), path
+    with pytest.raises(yaml.YAMLError):
+        parse_yaml("a: [1, 2")

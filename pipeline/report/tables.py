@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from pipeline.models import build_model, describe
+from pipeline.params import parse_yaml
 
 REFERENCES = ("fcn", "deeplab", "pixelnet")
 
@@ -107,7 +106,7 @@ def reference(name: str) -> dict:
     """Published numbers from ``pipeline/report/reference/<name>.yaml`` ({} if that file is
     absent)."""
     path = resources.files("pipeline.report.reference").joinpath(f"{name}.yaml")
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return parse_yaml(path.read_text()) if path.is_file() else {}
 
 
 def all_tables() -> dict[str, dict]:

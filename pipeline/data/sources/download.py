@@ -49,6 +49,7 @@ import urllib3
 import yaml
 
 from pipeline.errors import DataError, DownloadError
+from pipeline.params import parse_yaml
 from pipeline.runtime.fsutil import atomic_path, write_text_atomic
 from pipeline.runtime.progress import progress_bar
 
@@ -152,7 +153,7 @@ def load_manifest(path: Path | None = None) -> dict[str, Source]:
     """Read and validate ``sources.yaml`` (or ``path``); errors name the file and the key."""
     path = Path(path) if path is not None else MANIFEST_PATH
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except FileNotFoundError as e:
         raise DataError(f"source manifest not found: {path}") from e
     except yaml.YAMLError as e:
