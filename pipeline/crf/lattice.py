@@ -34,44 +34,48 @@ class _TorchLattice:
         n, d = features.shape
         d1 = d + 1
         dev = features.device
-        # elevate onto the hyperplane (scaled so the blur approximates a unit Gaussian)
+        # Coordinates are rows (d1 x n): every step below is then a vectorised pass over the
+        # pixels (row-per-pixel tensors made cumsum, flip and scatter over 6 columns the slow
+        # part of the build). Each value is computed by the same float operations as densecrf's.
+        # Elevate onto the hyperplane (scaled so the blur approximates a unit Gaussian).
         inv_std = math.sqrt(2.0 / 3.0) * d1
         scale = torch.tensor([inv_std / math.sqrt((i + 1) * (i + 2)) for i in range(d)], device=dev)
-        cf = features.float() * scale
-        elev = torch.zeros(n, d1, device=dev)
-        elev[:, :d] = cf.flip(1).cumsum(1).flip(1)
-        elev[:, 1:] -= torch.arange(1, d1, device=dev, dtype=torch.float32) * cf
+        cf = (features.float() * scale).T.contiguous()
+        elev = torch.zeros(d1, n, device=dev)
+        elev[:d] = cf.flip(0).cumsum(0).flip(0)
+        elev[1:] -= torch.arange(1, d1, device=dev, dtype=torch.float32)[:, None] * cf
         # nearest remainder-0 point, then the simplex (rank of each coordinate's residual)
         v = elev / d1
         up, down = torch.ceil(v) * d1, torch.floor(v) * d1
         rem0 = torch.where(up - elev < elev - down, up, down)
-        total = (rem0 / d1).round().sum(1, keepdim=True).long()
+        total = (rem0 / d1).round().sum(0, keepdim=True).long()
         resid = elev - rem0
-        idx = torch.arange(d1, device=dev)
         # rank = position in descending order, ties to the earlier coordinate (as densecrf)
-        # by pairwise comparisons on coordinate rows: 5x faster than a per-row argsort on CPU
-        rt = resid.T.contiguous()
+        # by pairwise comparisons of coordinate rows: 5x faster than a per-pixel argsort on CPU
         beaten = torch.zeros(d1, n, dtype=torch.uint8, device=dev)
         for i in range(d1):
             for j in range(i + 1, d1):
-                later = rt[j] > rt[i]  # a tie goes to the earlier coordinate, i
+                later = resid[j] > resid[i]  # a tie goes to the earlier coordinate, i
                 beaten[i] += later
                 beaten[j] += ~later
-        rank = beaten.T.long() + total
-        rem0 = rem0.long() + torch.where(rank < 0, d1, 0) - torch.where(rank > d, d1, 0)
-        rank = rank.remainder(d1)
-        # barycentric weights of the d+1 enclosing vertices
-        vb = (elev - rem0.float()) / d1
-        bary = torch.zeros(n, d1 + 1, device=dev)
-        bary.scatter_add_(1, d - rank, vb)
-        bary.scatter_add_(1, d - rank + 1, -vb)
-        bary[:, 0] += 1.0 + bary[:, d1]
-        bary = bary[:, :d1]
+        rank = beaten.long() + total
+        wrap = (rank < 0).long().sub_((rank > d).long()).mul_(d1)  # rank mod d1, as densecrf
+        rem0 = rem0.long() + wrap
+        rank += wrap
+        # order[r] = the coordinate ranked r (rank is a permutation of 0..d for each pixel)
+        idx = torch.arange(d1, device=dev)
+        order = torch.empty_like(rank).scatter_(0, rank, idx[:, None].expand(d1, n))
+        # barycentric weights of the d+1 enclosing vertices: with s[r] the scaled residual of
+        # the coordinate ranked r, weight k = s[d-k] - s[d-k+1] and weight 0 = s[d] + 1 - s[0]
+        ranked = ((elev - rem0.float()) / d1).gather(0, order).flip(0)
+        bary = torch.empty(d1, n, device=dev)
+        bary[1:] = ranked[1:] + (-ranked[:d])
+        bary[0] = ranked[0] + (1.0 + (-ranked[d]))
         # vertex r has key[i] = rem0[i] + r - d1 * [rank[i] > d - r] (first d coordinates),
         # packed into one int64 code; margins of 2 d1 keep neighbours' codes carry-free
-        r0 = rem0[:, :d]
-        lo = r0.amin(0) - 2 * d1
-        span = (r0.amax(0) + 2 * d1 - lo + 1).tolist()
+        r0 = rem0[:d]
+        lo = r0.amin(1, keepdim=True) - 2 * d1
+        span = (r0.amax(1, keepdim=True) + 2 * d1 - lo + 1).reshape(-1).tolist()
         bits = [max(1, int(x).bit_length()) for x in span]
         gbits = int(group.max()).bit_length() if group is not None and n else 0
         if sum(bits) + gbits > 62:
@@ -80,16 +84,19 @@ class _TorchLattice:
         for nb in bits[:-1]:
             shifts.append(shifts[-1] + nb)
         weight = torch.tensor([1 << sh for sh in shifts], device=dev, dtype=torch.long)
-        base = ((r0 - lo) * weight).sum(1)
+        base = ((r0 - lo) * weight[:, None]).sum(0)
         if group is not None:
             base += group.long() << sum(bits)
         one_all = int(weight.sum())
-        # sum_i [rank_i > d - r] w_i = the weights of the coordinates ranked d, d-1, .., d1-r
-        order = torch.empty_like(rank).scatter_(1, rank, idx.expand(n, d1))
-        ranked_w = torch.cat([weight, weight.new_zeros(1)])[order.flip(1)]
-        codes = base[:, None] + idx * one_all
-        codes[:, 1:] -= d1 * ranked_w[:, :d].cumsum(1)
-        codes = codes.reshape(-1)
+        # sum_i [rank_i > d - r] w_i: the weights of the coordinates ranked d, d-1, .., d1-r
+        ranked_w = torch.cat([weight, weight.new_zeros(1)])[order]
+        codes = torch.empty(d1, n, dtype=torch.long, device=dev)
+        codes[0] = base
+        above = torch.zeros_like(base)
+        for r in range(1, d1):
+            above += ranked_w[d1 - r]
+            codes[r] = base + r * one_all - d1 * above
+        codes = codes.T.reshape(-1)  # pixel-major, as offset and bary are kept
         sorted_codes, perm = _sort_codes(codes, sum(bits) + gbits)
         uniq, inv = torch.unique_consecutive(sorted_codes, return_inverse=True)
         m = uniq.numel()
@@ -97,7 +104,7 @@ class _TorchLattice:
         self.n, self.m, self.d1 = n, m, d1
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self.offset = offset.reshape(n, d1)  # lattice vertex of each (pixel, simplex corner)
-        self.bary = bary.contiguous()
+        self.bary = bary.T.contiguous()
         # blur neighbours along each lattice axis j: key -1 everywhere but +d at j, and back;
         # a missing neighbour is -1. (Vertices stay in code order: renumbering them by first use
         # in pixel order was tried for cache locality and was not faster on CPU.)
