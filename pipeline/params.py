@@ -9,6 +9,7 @@ sections as DVC params, so editing one value reruns only the stages that read it
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ class Params:
             raise ParamsError(f"{source}: profile must be one of {PROFILES}, got {profile!r}")
         self.profile = profile
         self.data = resolve(data, profile)
+        check_names(self.data, source)
 
     def get(self, key: str, default: Any = ...) -> Any:
         """``get("train.fcn32s.lr")``; without a default a missing key is a ParamsError."""
@@ -79,6 +81,33 @@ class Params:
         if not isinstance(value, dict):
             raise ParamsError(f"{self.source}: {key!r} must be a mapping, got {value!r}")
         return value
+
+
+# dvc.yaml turns experiment and sweep names into stage names and params paths
+# (``run.train.<name>``), and DVC splits a params path at every '.'
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def check_names(data: dict, source: str) -> None:
+    """Every experiment and sweep name, in every set, must be DVC-addressable: a dotted name
+    would otherwise fail only when `dvc repro` reaches its stage, after hours of other work."""
+    sets = data.get("experiments") or {}
+    places = [
+        (f"experiments.{set_name}.{section}", spec.get(section))
+        for set_name, spec in (sets.items() if isinstance(sets, dict) else ())
+        if isinstance(spec, dict)
+        for section in ("train", "sweeps")
+    ]
+    run = data.get("run")
+    if isinstance(run, dict):
+        places += [(f"run.{section}", run.get(section)) for section in ("train", "sweeps")]
+    for where, entries in places:
+        for name in entries if isinstance(entries, dict) else ():
+            if not (isinstance(name, str) and NAME.fullmatch(name)):
+                raise ParamsError(
+                    f"{source}: {where}: name {name!r} may hold only letters, digits, '-' and "
+                    "'_' (dvc.yaml reads run.train.<name> as a params path; DVC splits it at '.')"
+                )
 
 
 def load_params(path: str | os.PathLike | None = None) -> Params:

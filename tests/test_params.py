@@ -1,11 +1,15 @@
 """params.yaml resolution and validation: errors name the key."""
 
+import json
+import re
+
 import pytest
+import yaml
 from tests_helpers import REPO
 
 from pipeline.errors import ParamsError
 from pipeline.experiment import train_config
-from pipeline.params import Params, load_params, resolve
+from pipeline.params import NAME, Params, load_params, resolve
 
 
 def test_profile_values_resolve():
@@ -25,8 +29,6 @@ def test_repo_params_resolve_for_both_profiles():
 
 
 def tiny_raw():
-    import yaml
-
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
@@ -95,7 +97,6 @@ def test_yaml_is_parsed_by_libyaml_with_the_pure_parsers_result():
     """params.yaml is read ~30 times by a no-op `dvc repro` (ruamel.yaml, once per params
     dependency) and once or more by every stage (PyYAML): both must use their C parser, and
     the C parsers must give exactly what the pure-Python ones give on the project's YAML."""
-    import yaml
     from ruamel.yaml import YAML
 
     from pipeline.params import parse_yaml
@@ -113,3 +114,22 @@ def test_yaml_is_parsed_by_libyaml_with_the_pure_parsers_result():
         assert fast == YAML(typ="safe", pure=True).load(text), path
     with pytest.raises(yaml.YAMLError):
         parse_yaml("a: [1, 2")
+
+
+@pytest.mark.parametrize(
+    "where", ["experiments.all.train", "experiments.default.sweeps", "run.train", "run.sweeps"]
+)
+def test_a_dotted_experiment_name_is_refused_up_front(where, tmp_path):
+    """dvc.yaml reads run.train.<name> as a params path and DVC splits it at '.': a name like
+    'conv7-0.5' failed only when `dvc repro` reached its stage, 55 minutes into a `run: *all`."""
+    # a JSON round trip unshares what the anchors share (run: *default is experiments.default)
+    data = json.loads(json.dumps(yaml.safe_load((REPO / "params.yaml").read_text())))
+    node = data
+    for part in where.split("."):
+        node = node.setdefault(part, {})
+    node["pixelnet-conv7-0.5"] = {"model": "pixelnet"}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ParamsError, match=rf"{re.escape(where)}: name 'pixelnet-conv7-0.5'"):
+        load_params(path)
+    assert NAME.fullmatch("pixelnet-seg-conv7-0_5-1_0") and not NAME.fullmatch("a b")
