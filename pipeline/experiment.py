@@ -13,6 +13,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import pyarrow.parquet as pq
+import torch
+
 from pipeline.data.leakage import check_prepared
 from pipeline.data.loader import MASKS, MODALITIES, InputSpec
 from pipeline.data.prepare import prepared_columns, prepared_rows, read_prepared_table
@@ -20,6 +23,7 @@ from pipeline.data.sources.acquire import data_config
 from pipeline.errors import DataError, ParamsError
 from pipeline.evaluation.trained import TrainedModel
 from pipeline.models import build_model, load_weights_file
+from pipeline.models.anysize import min_input_size
 from pipeline.models.weights import load_state_strict, read_state_dict
 from pipeline.params import (
     Params,
@@ -284,6 +288,39 @@ def check_input_columns(params: Params, name: str, config: TrainConfig, root: Pa
             f"(model_options {config.model_options}) reads the prepared column(s) {missing}, "
             f"which dataset {dataset!r} does not have ({sorted(have)}): pick a dataset with "
             "them (depth and HHA: nyud with options.hha; geo_label: siftflow)"
+        )
+
+
+def check_scales_fit(params: Params, name: str, config: TrainConfig, root: Path | None = None):
+    """Training rescales images by ``augment.scales``; a model with a smallest input (PixelNet's
+    trunk: one unit after every floor-mode pool) must get at least that from the smallest train
+    image at the smallest scale: a ParamsError before any step, not a traceback from a worker.
+    (Evaluation pads such inputs: ``models.anysize.dense_scores``.)"""
+    scales = (config.augment or {}).get("scales") or [1.0]
+    with torch.device("meta"):  # only the layer structure is needed: no weights allocated
+        net = build_model(config.model, config.num_classes, **config.model_options)
+    need = min_input_size(net)
+    if need <= 1:
+        return
+    entry = experiment(params, name)
+    folder = prepared_dir(entry["dataset"], "train", root)
+    sides = [
+        min(h, w)
+        for f in sorted(folder.glob("*.parquet"))
+        for h, w in zip(*pq.read_table(f, columns=["height", "width"]).to_pydict().values())
+    ]
+    if not sides:
+        return
+    smallest, scale = min(sides), min(float(s) for s in scales)
+    if max(1, round(smallest * scale)) < need:
+        key = "train.augment.scales"
+        key = (
+            f"experiments.{name}.{key}" if "augment" in entry["train"] else f"{key} (train.common)"
+        )
+        raise ParamsError(
+            f"{key} = {list(scales)}: at {scale:g}x the smallest {entry['dataset']!r} train image "
+            f"side ({smallest} px) becomes {round(smallest * scale)} px, below the {need}-pixel "
+            f"input {config.model!r} needs (its pooling): use a larger scale"
         )
 
 

@@ -13,6 +13,7 @@ from pipeline.experiment import (
     check_batch_fits,
     check_input_columns,
     check_no_leakage,
+    check_scales_fit,
     experiment,
     load_trained,
     prepared_dir,
@@ -47,6 +48,7 @@ def main() -> None:
     ray_params = params.section("ray")
     images = check_batch_fits(params, key, config, ray_params.get("num_workers", 0))
     check_input_columns(params, key, config)
+    check_scales_fit(params, key, config)
     check_no_leakage(params, key)
     limits = announce_limits(params)
     init_ray(params)

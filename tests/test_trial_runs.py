@@ -17,7 +17,7 @@ from tests_helpers import REPO
 
 from pipeline.data.sources.acquire import build_list, check_splits, data_config
 from pipeline.errors import DataError, ParamsError
-from pipeline.experiment import check_batch_fits, prepared_split, train_config
+from pipeline.experiment import check_batch_fits, check_scales_fit, prepared_split, train_config
 from pipeline.models.weights import read_state_dict
 from pipeline.params import Params, trial_limits
 from pipeline.runtime.console import expected_error, limits_banner
@@ -208,3 +208,25 @@ def test_multistep_milestones_are_validated():
     entry["train"] = {**entry["train"], "lr_milestones": [88000, 80000]}
     with pytest.raises(ParamsError, match=r"pixelnet-seg.train.lr_milestones must be increasing"):
         train_config(Params(data), "pixelnet-seg")
+
+
+def test_a_training_scale_below_the_trunks_minimum_is_an_error_naming_the_key(tmp_path):
+    """PixelNet with fc7 needs 32 px (five floor-mode pools): the built-in 96x128 Context images
+    at 0.25x are 24x32, which stopped a `run: *all` inside a Ray worker; now a ParamsError
+    before Ray starts, naming the key, the dataset and the sizes. Models that pad (FCN) pass."""
+    folder = tmp_path / "data" / "prepared" / "context59" / "train"
+    folder.mkdir(parents=True)
+    sizes = {"id": ["a", "b"], "height": [96, 120], "width": [128, 160]}
+    pq.write_table(pa.table(sizes), folder / "part-00000-0.parquet")
+    name = "pixelnet-seg-conv7-0_25-0_5"
+    params = repo_params("paper")  # 0.25x and 0.5x
+    config = train_config(params, name, root=tmp_path)
+    with pytest.raises(ParamsError) as err:
+        check_scales_fit(params, name, config, root=tmp_path)
+    message = str(err.value)
+    assert f"experiments.{name}.train.augment.scales = [0.25, 0.5]" in message
+    assert "'context59'" in message and "(96 px) becomes 24 px, below the 32-pixel" in message
+    tiny = repo_params("tiny")  # 0.34x: 33 px
+    check_scales_fit(tiny, name, train_config(tiny, name, root=tmp_path), root=tmp_path)
+    base = "pixelnet-seg"  # conv-5 hypercolumn (16 px), no rescaling
+    check_scales_fit(params, base, train_config(params, base, root=tmp_path), root=tmp_path)
