@@ -106,8 +106,8 @@ class _TorchLattice:
         self.offset = offset.reshape(n, d1)  # lattice vertex of each (pixel, simplex corner)
         self.bary = bary.T.contiguous()
         # blur neighbours along each lattice axis j: key -1 everywhere but +d at j, and back;
-        # a missing neighbour is -1. (Vertices stay in code order: renumbering them by first use
-        # in pixel order was tried for cache locality and was not faster on CPU.)
+        # a missing neighbour is m, a zero pad row. (Vertices stay in code order: renumbering them
+        # by first use in pixel order was tried for cache locality and was not faster on CPU.)
         self.blur = []
         for j in range(d1):
             step = one_all - (d1 * int(weight[j]) if j < d else 0)
@@ -120,15 +120,16 @@ class _TorchLattice:
         else:
             pos = torch.searchsorted(uniq, codes)
         pos = pos.clamp_(max=uniq.numel() - 1)
-        return torch.where(uniq[pos] == codes, pos, -1)
+        return torch.where(uniq.index_select(0, pos) == codes, pos, uniq.numel())
 
     def symmetric_norm(self) -> Any:
         """densecrf's NORMALIZE_SYMMETRIC factor ``1/sqrt(K 1)`` per pixel (one channel: no CSR)."""
         v = torch.zeros(self.m + 1, device=self.bary.device)
         v.index_add_(0, self.offset.reshape(-1), self.bary.reshape(-1))
-        for n1, n2 in self.blur:
-            v[:-1] = v[:-1] + 0.5 * (v[n1] + v[n2])  # v[-1] == 0 stands in for a missing one
-        out = (v[self.offset] * self.bary).sum(1) * self.alpha
+        for n1, n2 in self.blur:  # v[m] == 0 stands in for a missing neighbour
+            v[:-1] = v[:-1] + 0.5 * (v.index_select(0, n1) + v.index_select(0, n2))
+        corners = v.index_select(0, self.offset.reshape(-1)).reshape(self.offset.shape)
+        out = (corners * self.bary).sum(1) * self.alpha
         return out.add_(1e-20).rsqrt_()
 
 
@@ -208,7 +209,7 @@ class _LatticeFilter:
                 parts = []
                 for lat, st in zip(lattices[first:], starts[first:]):
                     nb = lat.blur[j][side]
-                    parts.append(torch.where(nb < 0, total, nb + st))
+                    parts.append(torch.where(nb == lat.m, total, nb + st))
                 pair.append(torch.cat(parts))
             self.blur.append((starts[first], *pair))
         self.total = total
