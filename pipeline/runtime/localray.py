@@ -5,7 +5,8 @@
 job server on 127.0.0.1, and 1-CPU worker nodes that can be added or killed while it runs.
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps every node on the loopback address (`ray start`
 would resolve 127.0.0.1 to the machine's public address, and refuses worker nodes under that
-setting). Token auth stays on (Ray 2.60's default): clients run with ``RAY_AUTH_MODE=token``.
+setting). Token auth stays on (Ray 2.60's default): clients run with ``RAY_AUTH_MODE=token``,
+and the controller writes ``~/.ray/auth_token`` first where the machine has none.
 
 ``python -m pipeline.runtime.localray -- CMD ...`` runs CMD with ``RAY_ADDRESS`` pointing at a
 fresh head: every Ray stage of ``make repro`` then connects in a fraction of a second instead of
@@ -135,8 +136,15 @@ def kill_session(session: str) -> None:
 def serve(workers: int, object_store_mb: int, dashboard_port: int, num_cpus: int | None) -> None:
     """The controller: build the cluster, then obey one command per stdin line."""
     import ray
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
     from ray.cluster_utils import Cluster
 
+    # token mode needs ~/.ray/auth_token before the GCS starts: ray.init() writes one on a
+    # machine's first run, Cluster does not, and its GCS then never comes up (a 30 s timeout on
+    # a fresh machine's first `make repro`)
+    ensure_token_if_auth_enabled(create_token_if_missing=True)
     store = object_store_mb * 1024 * 1024
 
     def node_ports() -> dict:
