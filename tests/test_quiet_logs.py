@@ -15,6 +15,8 @@ from ray.data import ExecutionOptions, ExecutionResources
 from pipeline.data.builtin.voc import BuiltinSpec, write_builtin_voc
 from pipeline.data.datasets.voc import VOC
 from pipeline.data.prepare import write_split
+from pipeline.models import build_model
+from pipeline.runtime import tracking
 from pipeline.runtime.progress import progress_bar
 from pipeline.runtime.raycluster import init_ray
 from pipeline.runtime.raylogs import quiet_ray
@@ -78,3 +80,27 @@ def test_ray_trains_own_deprecation_is_filtered_and_other_warnings_are_not():
         warnings.warn("a deprecation of ours stays visible", DeprecationWarning, stacklevel=1)
     messages = [str(w.message) for w in seen]
     assert messages == ["a deprecation of ours stays visible"], messages
+
+
+def test_logging_the_final_model_repeats_no_pickle_caution(tmp_path, monkeypatch):
+    """MLflow warns about pickle on every log_model: a deliberate choice (tracking.log_model),
+    so every train stage's log would carry it; other MLflow warnings stay visible."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    seen: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.WARNING)
+    catcher.emit = seen.append
+    logger = logging.getLogger("mlflow.pytorch")
+    logger.addHandler(catcher)
+    try:
+        artifacts = (tmp_path / "artifacts").as_uri()  # not ./mlruns
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("quiet", artifacts)):
+            tracking.log_model(build_model("fcn32s", 21, width=0.0625))
+        logger.warning("an MLflow warning stays visible")
+    finally:
+        logger.removeHandler(catcher)
+        mlflow.set_tracking_uri(previous)
+    assert [r.getMessage() for r in seen] == ["an MLflow warning stays visible"]

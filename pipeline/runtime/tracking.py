@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import warnings
@@ -156,12 +157,19 @@ def log_model(model, name: str = "model") -> str:
     import mlflow
     import torch
 
-    info = mlflow.pytorch.log_model(
-        model.eval(),
-        name=name,
-        serialization_format="pickle",
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-    )
+    # MLflow warns about pickle on every call: a choice made here (above), not news per stage
+    logger = logging.getLogger("mlflow.pytorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        info = mlflow.pytorch.log_model(
+            model.eval(),
+            name=name,
+            serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    finally:
+        logger.setLevel(level)
     return info.model_uri
 
 
