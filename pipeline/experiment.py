@@ -13,12 +13,16 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 
 from pipeline.data.leakage import check_prepared
 from pipeline.data.loader import MASKS, MODALITIES, InputSpec
-from pipeline.data.prepare import prepared_columns, prepared_rows, read_prepared_table
+from pipeline.data.prepare import (
+    prepared_columns,
+    prepared_rows,
+    prepared_sizes,
+    read_prepared_table,
+)
 from pipeline.data.sources.acquire import data_config
 from pipeline.errors import DataError, ParamsError
 from pipeline.evaluation.trained import TrainedModel
@@ -304,14 +308,11 @@ def check_scales_fit(params: Params, name: str, config: TrainConfig, root: Path 
         return
     entry = experiment(params, name)
     folder = prepared_dir(entry["dataset"], "train", root)
-    sides = [
-        min(h, w)
-        for f in sorted(folder.glob("*.parquet"))
-        for h, w in zip(*pq.read_table(f, columns=["height", "width"]).to_pydict().values())
-    ]
-    if not sides:
-        return
-    smallest, scale = min(sides), min(float(s) for s in scales)
+    sizes = prepared_sizes(folder) if any(folder.glob("*.parquet")) else []
+    if not sizes:
+        return  # the data checks name a missing or empty split
+    smallest = min(min(hw) for hw in sizes)
+    scale = min(float(s) for s in scales)
     if max(1, round(smallest * scale)) < need:
         key = "train.augment.scales"
         key = (

@@ -143,6 +143,17 @@ def prepared_rows(path: Path) -> int:
     return sum(pq.read_metadata(f).num_rows for f in files)
 
 
+def prepared_sizes(path: Path) -> list[tuple[int, int]]:
+    """(height, width) of every image of a prepared split, in row order (two columns read)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(path).glob("*.parquet"))
+    if not files:
+        raise DataError(f"no prepared Parquet shards in {path} (run the prepare stage)")
+    columns = [pq.read_table(f, columns=["height", "width"]).to_pydict() for f in files]
+    return [hw for c in columns for hw in zip(c["height"], c["width"])]
+
+
 def prepared_bytes(path: Path) -> int:
     """Bytes of a prepared split's Parquet shards."""
     return sum(f.stat().st_size for f in Path(path).glob("*.parquet"))
