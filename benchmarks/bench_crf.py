@@ -168,15 +168,26 @@ def print_comparison(args: argparse.Namespace) -> dict:
     voc = voc_examples()
     if voc:
         torch.set_num_threads(1)
-        print("\nreal VOC images (fixtures), 1 thread: agreement, torch/pyd CPU time")
+        print(
+            f"\nreal VOC images (fixtures), 1 thread: agreement, pydensecrf and torch CPU "
+            f"seconds (medians of {args.repeats}, interleaved), torch/pyd"
+        )
         payload["voc"] = {}
         for name, image, probs in voc:
-            ref, _, cpu_ref = timed(refine, image, probs, CRFParams())
-            out, _, cpu = timed(refine, image, probs, CRFParams(), "torch")
+            cpu_ref, cpu = [], []
+            for _ in range(args.repeats):
+                ref, _, c = timed(refine, image, probs, CRFParams())
+                cpu_ref.append(c)
+                out, _, c = timed(refine, image, probs, CRFParams(), "torch")
+                cpu.append(c)
             agree = float((out == ref).mean())
-            payload["voc"][name] = {"agreement": agree, "cpu_ratio": cpu / cpu_ref}
+            pyd_s, torch_s = statistics.median(cpu_ref), statistics.median(cpu)
+            payload["voc"][name] = {"agreement": agree, "cpu_ratio": torch_s / pyd_s}
             size = f"{image.shape[1]}x{image.shape[0]}"
-            print(f"  {name} {size}: {100 * agree:.3f}%, {cpu / cpu_ref:.2f}")
+            print(
+                f"  {name} {size}: {100 * agree:.3f}%, {pyd_s:.3f} s, {torch_s:.3f} s, "
+                f"{torch_s / pyd_s:.2f}"
+            )
     if torch.cuda.is_available():
         ips = gpu_images_per_s(examples, [1, 8, 32])
         payload["gpu_images_per_s"] = ips
