@@ -4,6 +4,7 @@ with its count, warnings stay visible, and a bar in a log is a few whole lines."
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -19,7 +20,7 @@ from pipeline.models import build_model
 from pipeline.runtime import tracking
 from pipeline.runtime.progress import progress_bar
 from pipeline.runtime.raycluster import init_ray
-from pipeline.runtime.raylogs import quiet_ray
+from pipeline.runtime.raylogs import drop_benign_cluster_errors, quiet_ray
 
 RAY_DATA_NOISE = (
     "logging_progress",
@@ -104,3 +105,34 @@ def test_logging_the_final_model_repeats_no_pickle_caution(tmp_path, monkeypatch
         logger.removeHandler(catcher)
         mlflow.set_tracking_uri(previous)
     assert [r.getMessage() for r in seen] == ["an MLflow warning stays visible"]
+
+
+def test_the_gcs_killing_an_exited_actor_is_not_printed_and_other_cluster_lines_are(capfd):
+    """Ray forwards the GCS's stderr to every driver: "Failed to kill actor ... Socket closed"
+    (a finished stage's actor, already gone) came out in red during `make repro`. Through Ray's
+    own dispatcher and printer, as `ray.init(log_to_driver=True)` installs them."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    from ray._private.worker import print_to_stdstream
+
+    benign = (
+        "[2026-12-07 22:40:32,343 E 4435 4435] (gcs_server) gcs_actor_scheduler.cc:538: Failed to "
+        "kill actor a674, return status: Invalid: KillActor RPC failed for actor a674: RpcError: "
+        "RPC error: Socket closed rpc_code: 14"
+    )
+    other = "[2026-12-07 22:40:33,000 E 4435 4435] (gcs_server) node_manager.cc:1: a real error"
+    dispatcher.add_handler(
+        "ray_print_logs", functools.partial(print_to_stdstream, ignore_prefix=False)
+    )
+    try:
+        drop_benign_cluster_errors()
+        drop_benign_cluster_errors()  # idempotent: wrapped once
+        capfd.readouterr()
+        for lines in ([benign], [benign, other]):
+            dispatcher.emit(
+                {"pid": "gcs_server", "is_err": True, "lines": lines, "ip": "127.0.0.1"}
+            )
+        err = capfd.readouterr().err
+    finally:
+        dispatcher.remove_handler("ray_print_logs")
+    assert "Failed to kill actor" not in err, err
+    assert "a real error" in err and err.count("a real error") == 1, err

@@ -15,7 +15,7 @@ import logging
 import os
 
 from pipeline.params import Params
-from pipeline.runtime.raylogs import quiet_ray
+from pipeline.runtime.raylogs import drop_benign_cluster_errors, quiet_ray
 
 
 def init_ray(params: Params | None = None) -> None:
@@ -30,11 +30,12 @@ def init_ray(params: Params | None = None) -> None:
         # warnings only: "Connecting to existing Ray cluster" twice per stage is noise in a
         # `make repro` of twenty stages (they all join its one head)
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
-        return
-    ray.init(
-        address="local",  # a fresh runtime: never another Ray instance of this machine
-        num_cpus=section.get("num_cpus"),
-        object_store_memory=int(section.get("object_store_mb", 512)) * 1024 * 1024,
-        include_dashboard=False,
-        configure_logging=False,
-    )
+    else:
+        ray.init(
+            address="local",  # a fresh runtime: never another Ray instance of this machine
+            num_cpus=section.get("num_cpus"),
+            object_store_memory=int(section.get("object_store_mb", 512)) * 1024 * 1024,
+            include_dashboard=False,
+            configure_logging=False,
+        )
+    drop_benign_cluster_errors()

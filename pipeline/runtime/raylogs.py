@@ -19,6 +19,11 @@ finished" lines per execution; in-process training runs one execution per epoch,
 - Ray Train 2.60's own ``DataConfig`` copies ``ExecutionOptions.exclude_resources``, which
   Ray Data 2.60 deprecates: a two-line ``RayDeprecationWarning`` per training run that no
   setting of ours can avoid, filtered by its message (any other warning still shows);
+- the GCS's ERROR line when it kills an actor whose process has already exited ("Failed to
+  kill actor ... Socket closed": a finished stage's actors, or a Ray Data helper of this one),
+  which Ray forwards in red to every driver of the cluster, is dropped from the console by
+  :func:`drop_benign_cluster_errors` (``init_ray`` calls it; it stays in the GCS's log file);
+  any other forwarded line still shows;
 - in its place, code that runs a long Ray Data operation names it with :func:`data_progress`,
   which shows one bar (``pipeline.runtime.progress``) counting the rows an operator has produced.
   Unnamed executions (a training epoch's read) show nothing: the training bar covers them.
@@ -60,6 +65,45 @@ def quiet_ray() -> None:
     ctx.print_on_execution_start = False
     if OperationBar not in ctx.custom_execution_callback_classes:
         ctx.custom_execution_callback_classes.append(OperationBar)
+
+
+#: a forwarded GCS line holding all of these is Ray killing an actor that had already exited
+BENIGN_GCS_ERROR = ("Failed to kill actor", "Socket closed")
+
+
+def drop_benign_cluster_errors() -> None:
+    """Wrap the driver's printer of forwarded cluster logs (Ray's ``ray_print_logs`` handler) so
+    that :data:`BENIGN_GCS_ERROR` lines from the GCS are not printed. Ray's dispatcher is not a
+    public API: if it moves, nothing is wrapped and the lines show as before. Idempotent."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    handlers = getattr(dispatcher, "handlers", None)
+    if not isinstance(handlers, list):
+        return
+    dispatcher.handlers = [
+        (name, _drop_benign(handler) if name == "ray_print_logs" else handler)
+        for name, handler in handlers
+    ]
+
+
+def _drop_benign(handler):
+    if getattr(handler, "drops_benign", False):
+        return handler
+
+    def handle(data: dict) -> None:
+        if data.get("pid") == "gcs_server":
+            lines = [
+                line
+                for line in data.get("lines", [])
+                if not all(s in line for s in BENIGN_GCS_ERROR)
+            ]
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        handler(data)
+
+    handle.drops_benign = True
+    return handle
 
 
 @dataclass
