@@ -17,6 +17,7 @@ import torch
 from scipy import sparse
 
 from pipeline.crf.params import CRFParams, check_inputs
+from pipeline.runtime.cpu_allocator import keep_freed_memory
 
 
 class _TorchLattice:
@@ -289,6 +290,11 @@ def refine_torch_batch(
     if len(classes) != 1:
         raise ValueError(f"score maps differ in class count: {sorted(classes)}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cpu":
+        # each image allocates and frees ~100 MB blocks (lattice, N x C messages): served from
+        # the heap instead of fresh mmaps, no page faults per step (0.51 -> 0.48 s per 500x375
+        # image on one core; the process keeps its peak memory, as a training process does)
+        keep_freed_memory()
     sizes = [p.shape[1] * p.shape[2] for p in probs]
     pos, rgb, group = [], [], []
     for k, image in enumerate(images):
