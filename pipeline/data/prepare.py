@@ -123,23 +123,26 @@ def write_split(
     return len(ids)
 
 
+def prepared_shards(path: Path) -> list[Path]:
+    """A prepared split's Parquet shards in sorted (deterministic) order; a DataError if none."""
+    files = sorted(Path(path).glob("*.parquet"))
+    if not files:
+        raise DataError(f"no prepared Parquet shards in {path} (run the prepare stage)")
+    return files
+
+
 def read_prepared(path: Path):
     """Open a prepared split as a Ray Dataset (sorted shard order: deterministic)."""
     import ray
 
-    files = sorted(str(p) for p in Path(path).glob("*.parquet"))
-    if not files:
-        raise DataError(f"no prepared Parquet shards in {path} (run the prepare stage)")
-    return ray.data.read_parquet(files)
+    return ray.data.read_parquet([str(f) for f in prepared_shards(path)])
 
 
 def prepared_rows(path: Path) -> int:
     """Rows of a prepared split from the Parquet footers alone (no data read: instant)."""
     import pyarrow.parquet as pq
 
-    files = sorted(Path(path).glob("*.parquet"))
-    if not files:
-        raise DataError(f"no prepared Parquet shards in {path} (run the prepare stage)")
+    files = prepared_shards(path)
     return sum(pq.read_metadata(f).num_rows for f in files)
 
 
@@ -147,9 +150,7 @@ def prepared_sizes(path: Path) -> list[tuple[int, int]]:
     """(height, width) of every image of a prepared split, in row order (two columns read)."""
     import pyarrow.parquet as pq
 
-    files = sorted(Path(path).glob("*.parquet"))
-    if not files:
-        raise DataError(f"no prepared Parquet shards in {path} (run the prepare stage)")
+    files = prepared_shards(path)
     columns = [pq.read_table(f, columns=["height", "width"]).to_pydict() for f in files]
     return [hw for c in columns for hw in zip(c["height"], c["width"])]
 
@@ -163,9 +164,7 @@ def prepared_columns(path: Path) -> list[str]:
     """Column names of a prepared split, from the first shard's schema (no data read)."""
     import pyarrow.parquet as pq
 
-    files = sorted(Path(path).glob("*.parquet"))
-    if not files:
-        raise DataError(f"no prepared Parquet shards in {path} (run the prepare stage)")
+    files = prepared_shards(path)
     return list(pq.read_schema(files[0]).names)
 
 
@@ -173,7 +172,5 @@ def read_prepared_table(path: Path) -> pa.Table:
     """Read a prepared split into memory with pyarrow (for evaluation on one machine)."""
     import pyarrow.parquet as pq
 
-    files = sorted(Path(path).glob("*.parquet"))
-    if not files:
-        raise DataError(f"no prepared Parquet shards in {path} (run the prepare stage)")
+    files = prepared_shards(path)
     return pa.concat_tables([pq.read_table(f) for f in files])
