@@ -395,19 +395,6 @@ def test_cpu_sparse_path_equals_the_cuda_one(one_torch_thread) -> None:
     assert torch.allclose(_softmax_(logits.clone()), torch.softmax(logits, 1))
 
 
-def test_sort_codes_matches_torch_sort() -> None:
-    import torch
-
-    from pipeline.crf.lattice import _sort_codes
-
-    codes = torch.from_numpy(np.random.default_rng(3).integers(0, 50, 1000))  # many ties
-    values, perm = _sort_codes(codes.clone(), 6)
-    want_v, want_p = torch.sort(codes, stable=True)
-    assert torch.equal(values, want_v) and torch.equal(perm, want_p)
-    values, perm = _sort_codes(codes.clone(), 60)  # index does not fit: torch's sort
-    assert torch.equal(values, want_v) and torch.equal(perm, want_p)
-
-
 def test_refine_dataset_with_torch_backend(ray_local) -> None:
     rows, want = [], {}
     for i in range(3):
