@@ -352,6 +352,31 @@ def test_torch_batch_keeps_images_apart(one_torch_thread) -> None:
         refine_torch_batch([a[0], b[0]], [a[1], b[1][:4]])
 
 
+def test_torch_backend_is_the_same_at_any_thread_count() -> None:
+    """Bit-identical at 1 and 2 threads (a Ray task's thread count is its num_cpus): the
+    lattice, the normalisation and one mean-field message, then the labels."""
+    torch = pytest.importorskip("torch")
+    from pipeline.crf.lattice import _LatticeFilter, _TorchLattice
+
+    image, probs, _ = synthetic_example(150, 200, num_classes=8, seed=7)
+    yy, xx = np.mgrid[:150, :200].astype(np.float32)
+    feats = np.concatenate([np.stack([xx, yy], -1) / 80.0, image / 13.0], -1).reshape(-1, 5)
+    x = torch.from_numpy(probs.reshape(8, -1).T.copy())
+    before, runs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            lat = _TorchLattice(torch.from_numpy(feats.astype(np.float32)))
+            norm = lat.symmetric_norm()
+            message = _LatticeFilter([lat], [norm], [5 * norm])(x)
+            runs.append((lat.offset, norm, message, refine(image, probs, backend="torch")))
+    finally:
+        torch.set_num_threads(before)
+    (off1, norm1, msg1, lab1), (off2, norm2, msg2, lab2) = runs
+    assert torch.equal(off1, off2) and torch.equal(norm1, norm2) and torch.equal(msg1, msg2)
+    assert np.array_equal(lab1, lab2)
+
+
 VOC_IMAGES = ["2007_000129", "2011_000003", "2011_000006", "2011_000025"]
 
 
