@@ -60,12 +60,9 @@ class LocalCluster:
         base.pop("RAY_ADDRESS", None)
         base.pop("RAY_AUTH_MODE", None)
         self.env = {**base, **ENV}  # what a client of this cluster runs with
-        (port,) = free_ports(1)
-        self.dashboard = f"http://127.0.0.1:{port}"
         cmd = [
             sys.executable, "-m", "pipeline.runtime.localray", "--serve",
             f"--workers={workers}", f"--object-store-mb={object_store_mb}",
-            f"--dashboard-port={port}",
             *([] if head_cpus is None else [f"--num-cpus={head_cpus}"]),
         ]  # fmt: skip
         self.proc = subprocess.Popen(
@@ -78,6 +75,7 @@ class LocalCluster:
         )
         ready = self._reply("READY")
         self.address, self.session = ready["address"], ready["session"]
+        self.dashboard = f"http://{ready['dashboard']}"  # the head's job API (`ray job submit`)
 
     def _reply(self, expected: str) -> dict:
         line = self.proc.stdout.readline()
@@ -133,7 +131,7 @@ def kill_session(session: str) -> None:
                 pass
 
 
-def serve(workers: int, object_store_mb: int, dashboard_port: int, num_cpus: int | None) -> None:
+def serve(workers: int, object_store_mb: int, num_cpus: int | None) -> None:
     """The controller: build the cluster, then obey one command per stdin line."""
     import ray
     from ray._private.authentication.authentication_token_setup import (
@@ -152,11 +150,14 @@ def serve(workers: int, object_store_mb: int, dashboard_port: int, num_cpus: int
         # test suite's own): the node then has no job agent, and job submission fails
         return {"dashboard_agent_listen_port": free_ports(1)[0]}
 
+    # the dashboard's port is Ray's choice (8265 or the next free one: its process retries when
+    # a port is taken); a port picked here and handed over was sometimes taken by another
+    # process before the dashboard bound it, and the head then failed to start
     head = {
         **node_ports(),
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
-        "dashboard_port": dashboard_port,
+        "dashboard_port": None,  # Cluster's default is 8265 exactly, with no retry
         "object_store_memory": store,
     }
     head["num_cpus"] = os.cpu_count() if num_cpus is None else num_cpus
@@ -171,7 +172,7 @@ def serve(workers: int, object_store_mb: int, dashboard_port: int, num_cpus: int
     def say(tag: str, **payload) -> None:
         print(tag + json.dumps(payload), flush=True)
 
-    say("READY", address=cluster.address, session=session)
+    say("READY", address=cluster.address, session=session, dashboard=cluster.head_node.webui_url)
     for line in sys.stdin:
         command = line.split()
         if not command or command[0] == "quit":
@@ -207,12 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--object-store-mb", type=int, default=512)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--dashboard-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
     if args.serve:
         os.environ.update(ENV)
-        serve(args.workers, args.object_store_mb, args.dashboard_port, args.num_cpus)
+        serve(args.workers, args.object_store_mb, args.num_cpus)
         return 0
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
